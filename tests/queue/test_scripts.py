@@ -1,0 +1,184 @@
+"""The queue's Lua scripts against a real Redis and a real cluster-mode node."""
+from __future__ import annotations
+
+import asyncio
+import re
+
+import orjson
+import pytest
+from redis.exceptions import ResponseError
+
+from engine.models import MonitorSpec
+from engine.queue import ACK, RELEASE, RETRY, Finish, Queue, phase_ms
+from engine.queue.scripts import LUA_DIR, Scripts
+from engine.settings import QueueSettings
+
+WORKER = "host-a/100"
+
+
+def make_queue(redis, **kw) -> Queue:
+    return Queue(redis, "t", QueueSettings(partitions=4, lease_margin_ms=kw.pop("margin", 5000), **kw),
+                 strict_scripts=getattr(redis, "strict_scripts", False))
+
+
+def spec(mid: int, interval: int = 1, timeout_ms: int = 1000) -> MonitorSpec:
+    return MonitorSpec(id=mid, type="tcp", interval_s=interval, timeout_ms=timeout_ms, host="127.0.0.1", port=1)
+
+
+def entry(**kw) -> bytes:
+    return orjson.dumps({"event": "checked", **kw})
+
+
+async def claim_all(q: Queue, worker: str = WORKER, per: int = 100):
+    return await q.claim([(p, per) for p in range(len(q.keys.partitions))], worker)
+
+
+async def wait_due(q: Queue, ids: set[int], timeout: float = 3.0):
+    """Claim until every id in `ids` was claimed (their first ticks are spread over the interval)."""
+    got = {}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while set(got) != ids and asyncio.get_running_loop().time() < deadline:
+        _, _, jobs = await claim_all(q)
+        got.update({j.id: j for j in jobs})
+        await asyncio.sleep(0.02)
+    assert set(got) == ids
+    return got
+
+
+def test_every_redis_call_uses_declared_keys():
+    """No script builds a key name: each key argument of redis.call is KEYS[...]."""
+    keyless = {"TIME"}
+    for path in LUA_DIR.glob("*.lua"):
+        body = path.read_text().split("]]", 1)[1]
+        for cmd, arg in re.findall(r"redis\.call\('(\w+)'\s*(?:,\s*([^,)]+))?", body):
+            if cmd in keyless:
+                continue
+            assert arg.strip().startswith("KEYS["), f"{path.name}: {cmd} touches {arg!r}, not KEYS[..]"
+
+
+def test_loader_checks_key_count():
+    scripts = Scripts()
+    with pytest.raises(ValueError, match="takes 5 keys"):
+        scripts.claim.args(["a"], [])
+    assert scripts.finish.variadic and not scripts.claim.variadic
+
+
+@pytest.mark.parametrize("prelude, body, error", [
+    ("#!lua\n", "redis.call('GET', KEYS[1]) return redis.call('GET', '{other}:x')", "same slot"),
+    (None, "return redis.call('GET', '{t:0}:undeclared')", "undeclared key"),
+])
+async def test_strict_mode_rejects_bad_key_access(services, prelude, body, error):
+    """The cluster-mode run really catches a script touching a cross-slot or undeclared key."""
+    import redis.asyncio as aioredis
+
+    from engine.queue.scripts import STRICT_PRELUDE
+    client = aioredis.Redis(host="127.0.0.1", port=int(services["UE_TEST_CLUSTER_PORT"]))
+    try:
+        with pytest.raises(ResponseError, match=error):
+            await client.eval((prelude or STRICT_PRELUDE) + body, 1, "{t:0}:due")
+        assert await client.eval(STRICT_PRELUDE + "return redis.call('EXISTS', KEYS[1])", 1, "{t:0}:due") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_claim_leases_once_and_ack_is_fixed_rate(any_redis):
+    q = make_queue(any_redis)
+    await q.prepare()
+    assert await q.upsert([spec(i) for i in range(1, 9)]) == (8, 0)
+    jobs = await wait_due(q, set(range(1, 9)))
+    for job in jobs.values():
+        assert job.attempt == 1
+        assert job.tick_ms % 1000 == phase_ms(job.id, 1000)  # phase-stable tick
+    # In flight: not claimable again, in `active` with a lease.
+    _, _, again = await claim_all(q)
+    assert not {j.id for j in again} & set(jobs)
+    depth = await q.depth()
+    assert sum(depth["in_flight"]) == 8
+    done, stale = await q.finish([Finish(j, ACK, 0, entry()) for j in jobs.values()])
+    assert (done, stale) == (8, 0)
+    for job in jobs.values():
+        pk = q.keys.partition_of(job.id)
+        score = await any_redis.zscore(pk.due, job.id)
+        now = await q.server_time_ms()
+        assert score > now - 50 and (score - job.tick_ms) % 1000 == 0  # the next tick after now
+        assert await any_redis.zscore(pk.active, job.id) is None
+
+
+async def test_retry_keeps_tick_and_counts_attempts(any_redis):
+    q = make_queue(any_redis)
+    await q.upsert([spec(5)])
+    job = (await wait_due(q, {5}))[5]
+    await q.finish([Finish(job, RETRY, 100, entry())])
+    await asyncio.sleep(0.15)
+    _, _, jobs = await claim_all(q)
+    (retry,) = jobs
+    assert (retry.id, retry.tick_ms, retry.attempt) == (5, job.tick_ms, 2)
+    await q.finish([Finish(retry, RELEASE, 0, entry())])
+    _, _, jobs = await claim_all(q)
+    assert (jobs[0].tick_ms, jobs[0].attempt) == (job.tick_ms, 2)
+
+
+async def test_expired_lease_is_recovered_and_late_ack_is_stale(any_redis):
+    q = make_queue(any_redis, margin=1)
+    await q.upsert([spec(7, timeout_ms=50)])
+    job = (await wait_due(q, {7}))[7]
+    assert await q.recover() == 0        # lease not expired yet
+    await asyncio.sleep(0.1)
+    assert await q.recover() == 1
+    _, _, jobs = await claim_all(q, worker="host-b/200")
+    assert [j.id for j in jobs] == [7] and jobs[0].attempt == 1
+    assert await q.finish([Finish(job, ACK, 0, entry())]) == (0, 1)   # the old lease lost
+    assert await q.finish([Finish(jobs[0], ACK, 0, entry())]) == (1, 0)
+    hist = await q.history(7)
+    assert hist[0]["event"] == "checked" and hist[1].get("stale") and hist[2]["event"] == "recovered"
+
+
+async def test_release_dead_worker_jobs_at_once(any_redis):
+    q = make_queue(any_redis)
+    await q.upsert([spec(i, timeout_ms=60_000) for i in (1, 2, 3)])
+    await wait_due(q, {1, 2, 3})
+    assert await q.recover(worker="host-a/999") == 0
+    assert await q.recover(worker=WORKER) == 3
+    _, _, jobs = await claim_all(q)
+    assert {j.id for j in jobs} == {1, 2, 3}
+
+
+async def test_interval_change_and_removal(any_redis):
+    q = make_queue(any_redis)
+    await q.upsert([spec(1, interval=100), spec(2, interval=100)])
+    pk = q.keys.partition_of(1)
+    assert await q.upsert([spec(1, interval=100)]) == (0, 0)  # unchanged: stays put
+    assert await q.upsert([spec(1, interval=3)]) == (0, 1)
+    score = await any_redis.zscore(pk.due, 1)
+    assert score % 3000 == phase_ms(1, 3000)
+    assert await q.remove([1, 2]) == 2
+    assert await q.monitor_ids() == set()
+    assert await any_redis.zcard(pk.due) == 0
+
+
+async def test_removed_while_in_flight_is_not_rescheduled(any_redis):
+    q = make_queue(any_redis)
+    await q.upsert([spec(3)])
+    job = (await wait_due(q, {3}))[3]
+    await q.remove([3])
+    assert await q.finish([Finish(job, ACK, 0, entry())]) == (1, 0)
+    assert await q.monitor_ids() == set()
+    assert await any_redis.zcard(q.keys.partition_of(3).due) == 0
+
+
+async def test_history_is_capped(any_redis):
+    q = make_queue(any_redis, history_len=3)
+    await q.upsert([spec(4)])
+    job = (await wait_due(q, {4}))[4]
+    for i in range(5):
+        await q.finish([Finish(job, RELEASE, 0, entry(n=i))])
+        job = (await wait_due(q, {4}))[4]
+    hist = await q.history(4)
+    assert [h["n"] for h in hist] == [4, 3, 2]
+
+
+async def test_partition_count_is_checked(any_redis):
+    await make_queue(any_redis).prepare()
+    from engine.errors import SettingsError
+    with pytest.raises(SettingsError, match="partitions"):
+        await Queue(any_redis, "t", QueueSettings(partitions=8)).prepare()
