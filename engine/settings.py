@@ -223,15 +223,15 @@ def load(config: str | Path | None = None, overrides: dict[str, Any] | None = No
 def _describe(exc: msgspec.ValidationError, origins: dict[str, str]) -> str:
     msg = str(exc)
     # msgspec: "Expected `int` >= 1, got `0` - at `$.engine.concurrency`"
-    where = msg.rsplit(" - at `$.", 1)
-    if len(where) == 2:
-        key = where[1].rstrip("`").split("[", 1)[0]
-        name = origins.get(key, key)
-        hint = f" (from {name})" if name != key else ""
-        return f"invalid setting {key}{hint}: {where[0]}"
-    unknown = msg.split("Object contains unknown field `", 1)
-    if len(unknown) == 2:
-        return f"unknown setting {unknown[1].split('`', 1)[0]} in {msg.rsplit('$.', 1)[-1].rstrip('`')}"
+    what, _, where = msg.rpartition(" - at `$.")
+    key = where.rstrip("`").split("[", 1)[0] if what else ""
+    if what.startswith("Object contains unknown field `"):
+        key = f"{key}.{what.split('`')[1]}" if key else what.split("`")[1]
+        name = origins.get(key)
+        return f"unknown setting {key}" + (f" (from {name})" if name else "")
+    if key:
+        name = origins.get(key)
+        return f"invalid setting {key}" + (f" (from {name})" if name else "") + f": {what}"
     return f"invalid settings: {msg}"
 
 

@@ -117,9 +117,7 @@ async def ch(settings):
 
 
 async def ch_rows(ch: ClickHouse, sql: str) -> list[dict]:
-    import orjson
-    text = await ch.execute(sql + " FORMAT JSONEachRow")
-    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    return await ch.query(sql)
 
 
 class EngineProcess:

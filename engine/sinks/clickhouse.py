@@ -30,12 +30,14 @@ class ClickHouse:
     def __init__(self, settings: ClickHouseSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._auth = aiohttp.BasicAuth(settings.user, settings.password) if settings.user else None
+        self._headers = {"X-ClickHouse-User": settings.user} if settings.user else {}
+        if settings.password:
+            self._headers["X-ClickHouse-Key"] = settings.password
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                auth=self._auth, timeout=aiohttp.ClientTimeout(total=30, connect=5),
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=30, connect=5),
                 connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=5))
         return self._session
 
@@ -53,6 +55,12 @@ class ClickHouse:
 
     async def execute(self, sql: str) -> str:
         return await self._post({}, sql)
+
+    async def query(self, sql: str) -> list[dict]:
+        """Rows of a SELECT as dicts (64-bit integers as numbers)."""
+        import orjson
+        text = await self._post({"output_format_json_quote_64bit_integers": 0}, sql + " FORMAT JSONEachRow")
+        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
     async def version(self) -> tuple[int, ...]:
         text = (await self.execute("SELECT version()")).strip()
