@@ -34,11 +34,16 @@ log = logging.getLogger("engine.probes")
 class Prober:
     """Per-worker probe runner (see module docstring).
 
-    `cafile` adds a CA bundle to the verifying context (tests, private CAs).
+    `cafile` adds a CA bundle to the verifying context (tests, private CAs). `http_path` picks
+    the HTTP client: 'aiohttp', or 'auto' (the default: the best path for each spec).
     """
 
-    def __init__(self, settings: ProbeSettings, *, cafile: str | None = None) -> None:
+    def __init__(self, settings: ProbeSettings, *, cafile: str | None = None,
+                 http_path: str = "auto") -> None:
+        if http_path not in ("auto", "aiohttp"):
+            raise ValueError(f"unknown http_path {http_path!r}")
         self.settings = settings
+        self.http_path = http_path
         self._cafile = cafile
         self._resolver: Resolver | None = None
         self._http: AiohttpClient | None = None

@@ -22,7 +22,11 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 async def connect(addrs: list[Addr], port: int, factory: Callable[[], P], timings: Timings,
                   ssl_ctx: ssl.SSLContext | None = None,
                   server_hostname: str | None = None) -> tuple[asyncio.Transport, P]:
-    """Connect to the first address that accepts; raise the last OSError if none does."""
+    """Connect to the first address that accepts; raise the last OSError if none does.
+
+    The protocol should set `timings.ready` in `connection_made`: data can arrive (and mark
+    `first_byte`) before this coroutine resumes.
+    """
     loop = asyncio.get_running_loop()
     last: OSError | None = None
     for family, ip in addrs:
@@ -46,7 +50,10 @@ async def connect(addrs: list[Addr], port: int, factory: Callable[[], P], timing
         except BaseException:
             sock.close()
             raise
-        timings.ready = perf_counter()
+        if not timings.ready:  # the protocol may have marked it in connection_made already
+            timings.ready = perf_counter()
+        if ssl_ctx is not None:
+            timings.ssl_object = transport.get_extra_info("ssl_object")
         return transport, proto  # type: ignore[return-value]
     assert last is not None
     raise last

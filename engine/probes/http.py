@@ -21,6 +21,7 @@ from engine.probes.body import KeywordScan
 from engine.probes.outcome import ProbeFailure, Timings, failure, result, short
 from engine.probes.resolver import Resolver
 from engine.probes.status import parse_expected_status
+from engine.probes.tls import expiry_days
 from engine.settings import ProbeSettings
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -33,7 +34,6 @@ class Exchange(Protocol):
     status: int
     location: str | None
 
-    def cert_days(self) -> float | None: ...
     async def read(self, scan: KeywordScan) -> None:
         """Feed the (decoded) body to `scan` until it is satisfied or the body ends."""
     def close(self) -> None:
@@ -91,10 +91,11 @@ async def run_http(client: HttpClient, spec: MonitorSpec, settings: ProbeSetting
                 timings = Timings(tls=url.scheme == "https")
                 resolver.check_literal(url.raw_host, timings)  # names are checked after DNS
                 ex = await client.fetch(method, url, headers, body, spec.verify_tls, timings)
+                timings.headers = perf_counter()
                 try:
                     status = ex.status
                     if timings.tls:
-                        cert_days = ex.cert_days()
+                        cert_days = expiry_days(timings.ssl_object)
                     if spec.follow_redirects and status in REDIRECT_CODES and ex.location:
                         if redirects >= settings.max_redirects:
                             raise ProbeFailure("too_many_redirects", short(

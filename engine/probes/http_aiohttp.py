@@ -22,7 +22,6 @@ from yarl import URL
 from engine.probes.body import KeywordScan
 from engine.probes.outcome import MAX_HEADERS, ProbeFailure, Timings, classify, current_timings, short
 from engine.probes.resolver import Resolver
-from engine.probes.tls import expiry_days
 from engine.settings import ProbeSettings
 
 
@@ -55,6 +54,8 @@ class _TimedHandler(ResponseHandler):
         t = self._ue_timings
         if t is not None:
             t.ready = perf_counter()
+            if t.tls:
+                t.ssl_object = transport.get_extra_info("ssl_object")
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -80,11 +81,6 @@ class _AiohttpExchange:
         self.resp = resp
         self.status = resp.status
         self.location = resp.headers.get("Location")
-
-    def cert_days(self) -> float | None:
-        conn = self.resp.connection
-        transport = conn.transport if conn is not None else None
-        return expiry_days(transport.get_extra_info("ssl_object")) if transport else None
 
     async def read(self, scan: KeywordScan) -> None:
         content = self.resp.content

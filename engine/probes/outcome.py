@@ -32,19 +32,21 @@ class Timings:
     """perf_counter() marks of one connection attempt (one redirect hop); 0.0 = not reached.
 
     dns_ms is a duration (the resolver may answer from its cache; None for an IP literal);
-    `resolved` is set once the address is known (also for literals). `start` is when the hop began,
-    `connect0` when the TCP connect began (after DNS), `connected` when TCP was up, `ready` when
-    TLS (if any) was done, `first_byte` when the first response byte arrived.
+    `resolved` is set once the address is known (also for literals). `start` is when the hop
+    began, `connect0` when the TCP connect began (after DNS), `connected` when TCP was up, `ready`
+    when TLS (if any) was done, `first_byte` when the first response byte arrived, `headers` when
+    the response head was complete.
     """
 
     __slots__ = ("start", "dns_ms", "resolved", "connect0", "connected", "ready", "first_byte",
-                 "tls")
+                 "headers", "tls", "ssl_object")
 
     def __init__(self, tls: bool = False) -> None:
         self.start = self.connect0 = perf_counter()
         self.dns_ms: float | None = None
         self.resolved = False
-        self.connected = self.ready = self.first_byte = 0.0
+        self.ssl_object: object = None  # the TLS connection's SSLObject, for the certificate
+        self.connected = self.ready = self.first_byte = self.headers = 0.0
         self.tls = tls
 
     def phase(self) -> str:
@@ -55,7 +57,7 @@ class Timings:
             return "in TLS handshake"
         if self.first_byte == 0.0:
             return "waiting for response"
-        return "reading response"
+        return "reading body" if self.headers else "receiving headers"
 
 
 # The current check's Timings, for code that runs inside library calls (resolver, aiohttp's

@@ -40,6 +40,9 @@ class _ReplyProtocol(asyncio.Protocol):
         self.timings = timings
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.timings.ready = perf_counter()
+
     def data_received(self, data: bytes) -> None:
         if not self.timings.first_byte:
             self.timings.first_byte = perf_counter()

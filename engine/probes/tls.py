@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import ssl
 import time
+import warnings
 
 
 def make_contexts(cafile: str | None = None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -23,7 +24,9 @@ def make_contexts(cafile: str | None = None) -> tuple[ssl.SSLContext, ssl.SSLCon
     loose.verify_mode = ssl.CERT_NONE
     loose.set_alpn_protocols(["http/1.1"])
     try:
-        loose.minimum_version = ssl.TLSVersion.TLSv1
+        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: that is the point here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loose.minimum_version = ssl.TLSVersion.TLSv1
         loose.set_ciphers("DEFAULT:@SECLEVEL=0")
     except (ssl.SSLError, ValueError):
         pass  # the local OpenSSL policy forbids it; keep its defaults
