@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from engine import logs
+from engine import logs, metrics
 from engine.settings import Settings
 
 log = logging.getLogger("engine.supervisor")
@@ -197,6 +197,7 @@ class Supervisor:
             return
         log.warning("worker %d (pid %d) died (%s); replacing it", slot.index, pid,
                     f"signal {-code}" if code < 0 else f"exit {code}")
+        metrics.worker_restarted()
         self._release(pid)
         quick = time.monotonic() - slot.started < 5.0
         slot.failures = slot.failures + 1 if quick else 0

@@ -14,6 +14,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from engine import metrics
 from engine.probes import Prober
 from engine.queue import ACK, RELEASE, RETRY, Finish, Job, Queue, connect
 from engine.scheduler import Scheduler
@@ -47,12 +48,14 @@ class Finisher:
             _, stale = await self.queue.finish(batch)
         except (RedisError, OSError) as exc:
             self.items[:0] = batch
+            metrics.flush_error("dragonfly")
             if self.healthy:
                 log.warning("acks are being kept until Dragonfly answers: %s", exc)
                 self.healthy = False
             return False
         self.stale += stale
         self.batches += 1
+        metrics.batch_written("dragonfly", len(batch))
         if not self.healthy:
             log.warning("Dragonfly answers again; %d kept acks written", len(batch))
             self.healthy = True
@@ -154,6 +157,9 @@ class Worker:
             self.clock_offset = offset if not self.checks else 0.9 * self.clock_offset + 0.1 * offset
             for job in jobs:
                 self.inflight[job.id] = (asyncio.create_task(self._run_job(job)), job)
+            if jobs:
+                metrics.batch_written("claim", len(jobs))
+                metrics.in_flight(len(self.inflight))
             full = any(len(jobs) >= n for _, n in wants)  # some partition may have more due
             if jobs and full:
                 continue
@@ -192,6 +198,7 @@ class Worker:
                 delay = min(self.settings.queue.backoff_ms * 2 ** (job.attempt - 1),
                             self.settings.queue.backoff_max_ms)
             outcome = ("up" if result.ok else "down") if final else "retry"
+            metrics.check_done(spec.type, outcome, result.latency_ms / 1000, lateness / 1000)
             entry = orjson.dumps({
                 "event": "checked", "tick": job.tick_ms, "attempt": job.attempt, "worker": self.id,
                 "claimed_at": job.claimed_ms, "started_at": int(started * 1000),
@@ -296,6 +303,7 @@ def serve(settings: Settings, index: int, worker_id: str, heartbeat: str | None 
     from engine.supervisor import BOOT_ERROR
 
     async def main() -> int:
+        metrics.worker_started(index)
         worker = Worker(settings, index, worker_id)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

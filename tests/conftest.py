@@ -18,7 +18,11 @@ from engine import settings as settings_mod
 from engine.sinks.clickhouse import ClickHouse
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_DB = "ue_test"
+# Several checkouts/sessions may share the local services: UE_TEST_SLOT=N gives a run its own
+# Redis db, PostgreSQL and ClickHouse databases and cluster-node key prefix.
+SLOT = int(os.environ.get("UE_TEST_SLOT", "0"))
+TEST_DB = "ue_test" if SLOT == 0 else f"ue_test{SLOT}"
+CLUSTER_PREFIX = f"t{SLOT}"
 
 
 def _services_env() -> dict[str, str]:
@@ -50,6 +54,7 @@ def engine_env(services) -> dict[str, str]:
     return {
         "DRAGONFLY_HOST": services["DRAGONFLY_HOST"],
         "DRAGONFLY_PORT": services["DRAGONFLY_PORT"],
+        "UE_DRAGONFLY_DB": str(SLOT),
         "POSTGRES_DSN": admin.rsplit("/", 1)[0] + f"/{TEST_DB}",
         "CLICKHOUSE_URL": services["CLICKHOUSE_URL"],
         "CLICKHOUSE_DATABASE": TEST_DB,
@@ -66,7 +71,7 @@ def settings(engine_env) -> settings_mod.Settings:
 
 @pytest.fixture
 async def redis(services):
-    client = aioredis.Redis(host="127.0.0.1", port=int(services["DRAGONFLY_PORT"]))
+    client = aioredis.Redis(host="127.0.0.1", port=int(services["DRAGONFLY_PORT"]), db=SLOT)
     await client.flushdb()
     yield client
     await client.aclose()
@@ -76,10 +81,14 @@ async def redis(services):
 async def any_redis(request, services):
     """The queue scripts run on plain Redis and on a cluster-mode node (undeclared or cross-slot
     keys fail there)."""
-    port = services["DRAGONFLY_PORT"] if request.param == "standalone" else services["UE_TEST_CLUSTER_PORT"]
-    client = aioredis.Redis(host="127.0.0.1", port=int(port))
-    client.strict_scripts = request.param == "cluster"
-    await client.flushall()
+    cluster = request.param == "cluster"
+    port = services["UE_TEST_CLUSTER_PORT"] if cluster else services["DRAGONFLY_PORT"]
+    client = aioredis.Redis(host="127.0.0.1", port=int(port), db=0 if cluster else SLOT)
+    client.strict_scripts = cluster
+    client.queue_prefix = CLUSTER_PREFIX  # cluster mode has one db: runs are kept apart by prefix
+    async for key in client.scan_iter(match=f"{{{CLUSTER_PREFIX}:*", count=1000):
+        await client.delete(key)
+    await client.delete(f"{CLUSTER_PREFIX}:layout")
     yield client
     await client.aclose()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+from engine import metrics
 from engine.errors import ServiceUnavailable
 from engine.settings import ClickHouseSettings, SinkSettings
 
@@ -147,8 +148,11 @@ class ResultsSink:
                     self.rows.popleft()
                 self.inserted += n
                 self.inserts += 1
+                metrics.batch_written("clickhouse", n)
         except (ServiceUnavailable, ClickHouseError, OSError) as exc:
             self.errors += 1
+            metrics.flush_error("clickhouse")
+            metrics.spooled(len(self.rows))
             if self.healthy:
                 log.warning("results are being kept until ClickHouse accepts them: %s", exc)
                 self.healthy = False
@@ -158,6 +162,7 @@ class ResultsSink:
         if not self.healthy:
             log.warning("ClickHouse accepts results again; backlog written")
             self.healthy = True
+            metrics.spooled(0)
         return True
 
     def spool(self, count: int | None = None) -> None:

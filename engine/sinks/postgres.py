@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 
+from engine import metrics
 from engine.settings import SinkSettings
 
 log = logging.getLogger("engine.sinks.postgres")
@@ -111,6 +112,7 @@ class StatusSink:
                 [r.reset for r in rows], [r.failures for r in rows])
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self.errors += 1
+            metrics.flush_error("postgres")
             self._merge_back(batch)
             if self._conn is not None and not self._conn.is_closed():
                 self._conn.terminate()
@@ -122,6 +124,7 @@ class StatusSink:
             return False
         self.flushes += 1
         self.notified += rec["changed"]
+        metrics.batch_written("postgres", len(ids))
         if not self.healthy:
             log.warning("PostgreSQL accepts statuses again")
             self.healthy = True

@@ -17,7 +17,7 @@ WORKER = "host-a/100"
 
 
 def make_queue(redis, **kw) -> Queue:
-    return Queue(redis, "t", QueueSettings(partitions=4, lease_margin_ms=kw.pop("margin", 5000), **kw),
+    return Queue(redis, redis.queue_prefix, QueueSettings(partitions=4, lease_margin_ms=kw.pop("margin", 5000), **kw),
                  strict_scripts=getattr(redis, "strict_scripts", False))
 
 
@@ -181,4 +181,4 @@ async def test_partition_count_is_checked(any_redis):
     await make_queue(any_redis).prepare()
     from engine.errors import SettingsError
     with pytest.raises(SettingsError, match="partitions"):
-        await Queue(any_redis, "t", QueueSettings(partitions=8)).prepare()
+        await Queue(any_redis, any_redis.queue_prefix, QueueSettings(partitions=8)).prepare()
