@@ -32,3 +32,12 @@ def spooled(rows: int) -> None:
 
 def worker_restarted() -> None:
     """The supervisor replaced a dead or silent worker."""
+
+
+def supervisor_started(settings) -> None:
+    """Called in the supervisor before it forks any worker (set up aggregation, serve /metrics on
+    settings.engine.metrics_port unless it is 0)."""
+
+
+def worker_exited(pid: int) -> None:
+    """A worker process is gone (dead or retired); called by the supervisor."""

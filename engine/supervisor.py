@@ -69,6 +69,7 @@ class Supervisor:
         for signum in SIGNALS:
             signal.signal(signum, self._on_signal)
         log.info("supervisor starting %d workers (probe %s)", len(self.slots), self.settings.probe_id)
+        metrics.supervisor_started(self.settings)
         for slot in self.slots:
             self.spawn(slot)
         while True:
@@ -171,6 +172,7 @@ class Supervisor:
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            metrics.worker_exited(pid)
             for slot in self.slots:
                 if pid in slot.retiring:
                     slot.retiring.discard(pid)
