@@ -7,7 +7,8 @@ is a verdict with an `error_kind` from `engine.models.ERROR_KINDS`. Each check o
 connection (so connect and TLS are measured every time) and has a hard deadline of
 `spec.timeout_ms` over DNS, connect, TLS, redirects, headers and body.
 
-Layout: `http` (the HTTP check's semantics), `http_aiohttp` (aiohttp client), `tcp`,
+Layout: `http` (the HTTP check's semantics), `http_lean` (Protocol + httptools client for
+GET/HEAD), `http_aiohttp` (aiohttp client, for the rest), `tcp`,
 `resolver` (cached DNS + target policy), `connect`, `tls`, `body` (keyword scan), `status`
 (expected_status), `outcome` (timings, error classification), `report` (`check_target`).
 """
@@ -19,6 +20,7 @@ import ssl
 from engine.models import MonitorSpec, ProbeResult
 from engine.probes.http import run_http
 from engine.probes.http_aiohttp import AiohttpClient
+from engine.probes.http_lean import LeanClient
 from engine.probes.outcome import result, short
 from engine.probes.resolver import Resolver
 from engine.probes.status import StatusMatcher, parse_expected_status
@@ -35,18 +37,20 @@ class Prober:
     """Per-worker probe runner (see module docstring).
 
     `cafile` adds a CA bundle to the verifying context (tests, private CAs). `http_path` picks
-    the HTTP client: 'aiohttp', or 'auto' (the default: the best path for each spec).
+    the HTTP client: 'lean' (default: the lean client for GET/HEAD without a body, aiohttp for
+    the rest) or 'aiohttp' (aiohttp for everything).
     """
 
     def __init__(self, settings: ProbeSettings, *, cafile: str | None = None,
-                 http_path: str = "auto") -> None:
-        if http_path not in ("auto", "aiohttp"):
+                 http_path: str = "lean") -> None:
+        if http_path not in ("lean", "aiohttp"):
             raise ValueError(f"unknown http_path {http_path!r}")
         self.settings = settings
         self.http_path = http_path
         self._cafile = cafile
         self._resolver: Resolver | None = None
         self._http: AiohttpClient | None = None
+        self._lean: LeanClient | None = None
         self._contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
         self._reported: set[str] = set()
 
@@ -55,6 +59,8 @@ class Prober:
         self._contexts = make_contexts(self._cafile)
         self._http = AiohttpClient(self.settings, self._resolver, self._contexts)
         await self._http.start()
+        if self.http_path == "lean":
+            self._lean = LeanClient(self.settings, self._resolver, self._contexts)
 
     async def close(self) -> None:
         if self._http is not None:
@@ -66,7 +72,9 @@ class Prober:
         try:
             assert self._resolver is not None and self._http is not None, "Prober.start() not called"
             if spec.type == "http":
-                return await run_http(self._http, spec, self.settings, self._resolver)
+                lean = self._lean
+                client = lean if lean is not None and lean.covers(spec.method, spec.body) else self._http
+                return await run_http(client, spec, self.settings, self._resolver)
             if spec.type == "tcp":
                 return await run_tcp(spec, self.settings, self._resolver)
             return ProbeResult(ok=False, latency_ms=0.0, error_kind="invalid",

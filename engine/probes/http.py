@@ -95,7 +95,7 @@ async def run_http(client: HttpClient, spec: MonitorSpec, settings: ProbeSetting
                 try:
                     status = ex.status
                     if timings.tls:
-                        cert_days = expiry_days(timings.ssl_object)
+                        cert_days = expiry_days(timings.tls_transport)
                     if spec.follow_redirects and status in REDIRECT_CODES and ex.location:
                         if redirects >= settings.max_redirects:
                             raise ProbeFailure("too_many_redirects", short(

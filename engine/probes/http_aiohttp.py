@@ -55,7 +55,7 @@ class _TimedHandler(ResponseHandler):
         if t is not None:
             t.ready = perf_counter()
             if t.tls:
-                t.ssl_object = transport.get_extra_info("ssl_object")
+                t.tls_transport = transport
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:

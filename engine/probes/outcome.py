@@ -39,13 +39,13 @@ class Timings:
     """
 
     __slots__ = ("start", "dns_ms", "resolved", "connect0", "connected", "ready", "first_byte",
-                 "headers", "tls", "ssl_object")
+                 "headers", "tls", "tls_transport")
 
     def __init__(self, tls: bool = False) -> None:
         self.start = self.connect0 = perf_counter()
         self.dns_ms: float | None = None
         self.resolved = False
-        self.ssl_object: object = None  # the TLS connection's SSLObject, for the certificate
+        self.tls_transport: object = None  # the TLS connection's transport, for the certificate
         self.connected = self.ready = self.first_byte = self.headers = 0.0
         self.tls = tls
 

@@ -66,16 +66,26 @@ class TargetPolicy:
         return verdict
 
 
+_LITERALS: dict[str, str | None] = {}
+
+
 def literal_ip(host: str) -> str | None:
-    """The IP if `host` is an IP literal (brackets allowed), else None."""
-    if host.startswith("["):
-        host = host[1:-1]
-    if not host or not (host[-1].isdigit() or ":" in host):
-        return None  # a DNS name's last label is never all-numeric
+    """The IP if `host` is an IP literal (brackets allowed), else None. Memoised."""
     try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
+        return _LITERALS[host]
+    except KeyError:
+        pass
+    name = host[1:-1] if host.startswith("[") else host
+    ip: str | None = None
+    if name and (name[-1].isdigit() or ":" in name):  # a DNS name's last label is never numeric
+        try:
+            ip = str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
+    if len(_LITERALS) >= DNS_CACHE_MAX:
+        _LITERALS.clear()
+    _LITERALS[host] = ip
+    return ip
 
 
 class Resolver:

@@ -1,12 +1,14 @@
 """Hostile targets on loopback: real sockets, scripted misbehaviour, trustme certificates.
 
-Every probe test runs on uvloop (what the workers run) and against every HTTP path of the
-Prober (`http_path` parameter), so a lean path is adopted only if it passes the same suite.
+Every probe test runs on uvloop (what the workers run; UE_TEST_PROBE_LOOP=asyncio for the
+stdlib loop) and against every HTTP path of the Prober (`http_path` parameter), so the lean
+path is adopted only because it passes the same suite as aiohttp.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import socket
 import ssl
 import struct
@@ -19,11 +21,13 @@ import uvloop
 from engine.probes import Prober
 from engine.settings import ProbeSettings
 
-HTTP_PATHS = ["aiohttp"]
+HTTP_PATHS = ["aiohttp", "lean"]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 def pytest_asyncio_loop_factories(config, item):
+    if os.environ.get("UE_TEST_PROBE_LOOP") == "asyncio":  # the stdlib loop, on request
+        return {"asyncio": asyncio.new_event_loop}
     return {"uvloop": uvloop.new_event_loop}
 
 

@@ -353,3 +353,20 @@ async def test_cancellation_propagates(serve, prober):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_get_request_head(serve, prober):
+    seen = {}
+
+    async def handler(reader, writer):
+        line, head, _ = await read_request(reader)
+        seen.update(line=line, head=head.lower())
+        writer.write(response())
+        await writer.drain()
+    srv = await serve(handler)
+    await verdict(prober, http(srv.url("/p?q=1"), headers={"Accept": "text/html"}), True)
+    assert seen["line"] == "GET /p?q=1 HTTP/1.1"
+    head = seen["head"]
+    assert f"host: 127.0.0.1:{srv.port}\r\n".encode() in head
+    assert b"user-agent: uptime-engine/" in head and b"accept: text/html\r\n" in head
+    assert head.count(b"accept:") == 1 and b"cookie" not in head

@@ -11,7 +11,7 @@ from tests.probes.helpers import tcp, verdict
 
 @pytest.fixture
 def http_path() -> str:
-    return "auto"  # TCP checks do not depend on the HTTP path
+    return "lean"  # TCP checks do not depend on the HTTP path
 
 
 async def test_open_port(serve, prober):
