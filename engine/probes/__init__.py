@@ -21,7 +21,7 @@ from engine.models import MonitorSpec, ProbeResult
 from engine.probes.http import run_http
 from engine.probes.http_aiohttp import AiohttpClient
 from engine.probes.http_lean import LeanClient
-from engine.probes.outcome import result, short
+from engine.probes.outcome import short
 from engine.probes.resolver import Resolver
 from engine.probes.status import StatusMatcher, parse_expected_status
 from engine.probes.tcp import run_tcp

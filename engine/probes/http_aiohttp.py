@@ -5,6 +5,11 @@ worker's policy-applying `Resolver` and skips aiohttp's own DNS cache and timeou
 deadline is `run_http`'s). No cookies are kept between checks. Phase marks come without a
 TraceConfig: the resolver records DNS, and the connector's protocol records TCP-connected (it is
 built right after the socket connects), TLS-done (`connection_made`) and the first byte.
+The response head is bounded by aiohttp's limits: a line or field of at most
+min(8190, max_header_bytes) bytes and at most MAX_HEADERS headers (the lean client also caps
+the head's total bytes at max_header_bytes). `Prober` uses this client for requests the lean
+client does not cover (methods other than GET/HEAD, request bodies), or for all with
+http_path='aiohttp'.
 """
 from __future__ import annotations
 

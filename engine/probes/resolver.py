@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import socket
 from time import perf_counter
 
 from engine.probes.outcome import ProbeFailure, Timings, short
 from engine.settings import ProbeSettings
-
-log = logging.getLogger("engine.probes")
 
 DNS_CACHE_S = 10.0
 DNS_CACHE_MAX = 50_000
