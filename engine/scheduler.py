@@ -90,6 +90,7 @@ class Scheduler:
         self.last_full = 0.0
         self._pg: asyncpg.Connection | None = None
         self._pg_healthy = True
+        self._redis_healthy = True
 
     async def _conn(self) -> asyncpg.Connection:
         if self._pg is None or self._pg.is_closed():
@@ -101,6 +102,7 @@ class Scheduler:
         while not stopping.is_set():
             try:
                 await self.tick()
+                self._redis_healthy = True
                 if not self._pg_healthy:
                     log.warning("scheduler reaches PostgreSQL again")
                     self._pg_healthy = True
@@ -112,8 +114,9 @@ class Scheduler:
                     log.warning("scheduler cannot sync from PostgreSQL: %s", str(exc).splitlines()[0][:200])
                     self._pg_healthy = False
             except RedisError as exc:
-                log.warning("scheduler cannot reach Dragonfly: %s", exc)
-                self.leader = False
+                if self.leader or self._redis_healthy:
+                    log.warning("scheduler cannot reach Dragonfly: %s", exc)
+                self.leader = self._redis_healthy = False
             except Exception:  # noqa: BLE001 - supervised loop: log and carry on
                 log.exception("scheduler round failed")
             try:
@@ -127,9 +130,9 @@ class Scheduler:
         if not await self._hold_lock():
             return
         epoch_gone = not await self.queue.redis.exists(self.keys.epoch)
+        if epoch_gone and self.last_full:
+            log.warning("the queue store lost its data (restarted empty?): rebuilding from PostgreSQL")
         if epoch_gone or self.cursor is None or time.monotonic() - self.last_full > self.s.full_sync_s:
-            if epoch_gone and self.cursor is not None:
-                log.warning("the queue store lost its data (restarted empty?): rebuilding from PostgreSQL")
             await self.full_sync()
         else:
             await self.incremental_sync()
@@ -137,8 +140,7 @@ class Scheduler:
     async def _hold_lock(self) -> bool:
         redis, ttl = self.queue.redis, self.s.lock_ttl_ms
         if self.leader:
-            sc = self.queue.scripts.all["renewLock"]
-            if await redis.execute_command("EVALSHA", *sc.args([self.keys.scheduler_lock], [self.holder, ttl])):
+            if await self.queue.renew_lock(self.keys.scheduler_lock, self.holder, ttl):
                 return True
             log.warning("scheduler lost its lease; another process schedules now")
             self.leader = False

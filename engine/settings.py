@@ -84,6 +84,7 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     probe_id: str = ""  # '' = hostname
     log_level: Annotated[str, Meta(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
     grace_ms: Positive = 10 * SECONDS
+    heartbeat_timeout_ms: Positive = 30 * SECONDS  # a worker silent this long is killed and replaced
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9464  # 0 = off
 
 

@@ -24,8 +24,6 @@ from engine.settings import Settings
 log = logging.getLogger("engine.supervisor")
 
 BOOT_ERROR = 3          # worker exit code: bad settings or unreachable services at start
-HEARTBEAT_S = 1.0
-HEARTBEAT_TIMEOUT_S = 30.0
 SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup", signal.SIGCHLD: "chld"}
 
 
@@ -53,6 +51,7 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code = 0
+        self.exit_reason = ""
         self.tmpdir = tempfile.mkdtemp(prefix="uptime-engine-")
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -184,16 +183,19 @@ class Supervisor:
         pid = slot.pid
         slot.pid = 0
         try:
+            with open(slot.heartbeat) as f:
+                note = f.read().strip()  # a worker that cannot boot leaves its reason here
             os.unlink(slot.heartbeat)
         except FileNotFoundError:
-            pass
+            note = ""
         if self.stopping:
             if code not in (0, -signal.SIGTERM):
                 log.warning("worker %d exited with %s while stopping", slot.index, code)
             self._release(pid)
             return
         if code == BOOT_ERROR:
-            log.error("worker %d could not start (see its error above); stopping", slot.index)
+            self.exit_reason = note or f"worker {slot.index} could not start"
+            log.error("stopping: %s", self.exit_reason)
             self.exit_code = BOOT_ERROR
             self.handle_term()
             return
@@ -210,15 +212,16 @@ class Supervisor:
 
     def keep_alive(self) -> None:
         now = time.monotonic()
+        timeout = self.settings.engine.heartbeat_timeout_ms / 1000
         for slot in self.slots:
             if slot.pid == 0 and now >= slot.respawn_at:
                 self.spawn(slot)
-            elif slot.pid and now - slot.started > HEARTBEAT_TIMEOUT_S:
+            elif slot.pid and now - slot.started > timeout:
                 try:
                     silent = time.time() - os.stat(slot.heartbeat).st_mtime
                 except FileNotFoundError:
                     continue
-                if silent > HEARTBEAT_TIMEOUT_S:
+                if silent > timeout:
                     log.error("worker %d (pid %d) silent for %.0f s: killing it", slot.index, slot.pid, silent)
                     self._signal(slot.pid, signal.SIGABRT)
                     time.sleep(0.5)

@@ -205,6 +205,11 @@ class Worker:
                 "duration_ms": round(result.latency_ms, 1), "lateness_ms": round(lateness, 1),
                 "outcome": outcome, "kind": result.error_kind, "error": result.error[:200]})
             self.finisher.add(Finish(job, action, delay, entry))
+        except Exception as exc:  # noqa: BLE001 - a probe bug must not lose the job or the worker
+            log.error("check of monitor %d failed inside the engine: %r; released", job.id, exc)
+            entry = orjson.dumps({"event": "released", "tick": job.tick_ms, "attempt": job.attempt,
+                                  "worker": self.id, "why": f"engine error: {exc!r}"[:200]})
+            self.finisher.add(Finish(job, RELEASE, self.settings.queue.backoff_ms, entry))
         except asyncio.CancelledError:
             # Shutdown past the grace period: the job goes back to the queue to run again now.
             entry = orjson.dumps({"event": "released", "tick": job.tick_ms, "attempt": job.attempt,
@@ -311,7 +316,11 @@ def serve(settings: Settings, index: int, worker_id: str, heartbeat: str | None 
         try:
             await worker.start()
         except (EngineError, RedisError, OSError) as exc:
-            log.error("worker %d cannot start: %s", index, exc)
+            reason = f"worker {index} cannot start: {exc}"
+            log.error("%s", reason)
+            if heartbeat:
+                with open(heartbeat, "w") as f:
+                    f.write(reason)
             return BOOT_ERROR
         beat = asyncio.create_task(_heartbeat(heartbeat, worker.stopping)) if heartbeat else None
         await worker.run()

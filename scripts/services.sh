@@ -4,6 +4,8 @@
 # key), PostgreSQL 15 and ClickHouse, all on loopback, on project-chosen ports, with their data under
 # .services/ (git-ignored). Idempotent: what already answers is reused.
 #   scripts/services.sh start|stop|status|env
+#   scripts/services.sh start-one|stop-one redis|postgres|clickhouse   (tests run private instances:
+#     UE_SERVICES_DIR and the UE_*_PORT variables below choose where)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -125,8 +127,9 @@ start_clickhouse() {
   write_clickhouse_config
   local bin=/usr/sbin/clickhouse-server
   [ -x "$bin" ] || bin=$(command -v clickhouse-server)
-  (cd "$SVC/clickhouse" && setsid "$bin" --config-file="$SVC/clickhouse/config.xml" \
-      --pid-file="$SVC/clickhouse/clickhouse.pid" >"$SVC/clickhouse.log" 2>&1 </dev/null &)
+  (cd "$SVC/clickhouse" && exec setsid "$bin" --config-file="$SVC/clickhouse/config.xml" \
+      >"$SVC/clickhouse.log" 2>&1 </dev/null) &
+  echo $! >"$SVC/clickhouse/clickhouse.pid"  # 18.16 writes no pid file when not daemonized
   wait_port clickhouse "$CH_HTTP_PORT" 60
 }
 
@@ -164,6 +167,7 @@ case "${1:-start}" in
     ;;
   stop)
     stop_pidfile clickhouse "$SVC/clickhouse/clickhouse.pid"
+    pkill -f -- "--config-file=$SVC/clickhouse/config.xml" 2>/dev/null || true
     [ -s "$SVC/pg/data/postmaster.pid" ] && pg_as "$PG_BIN/pg_ctl" -D "$SVC/pg/data" -m fast -w stop >/dev/null 2>&1 && log "stopped postgres"
     stop_pidfile redis "$SVC/redis/redis.pid"
     stop_pidfile redis-cluster "$SVC/redis-cluster/redis.pid"
@@ -174,5 +178,20 @@ case "${1:-start}" in
     done
     ;;
   env) print_env ;;
-  *) die "usage: $0 start|stop|status|env" ;;
+  start-one)
+    ensure_packages
+    case "${2:-}" in
+      redis) start_redis redis "$REDIS_PORT" ;;
+      postgres) start_postgres ;;
+      clickhouse) start_clickhouse ;;
+      *) die "usage: $0 start-one redis|postgres|clickhouse" ;;
+    esac ;;
+  stop-one)
+    case "${2:-}" in
+      redis) stop_pidfile redis "$SVC/redis/redis.pid" ;;
+      postgres) [ -s "$SVC/pg/data/postmaster.pid" ] && pg_as "$PG_BIN/pg_ctl" -D "$SVC/pg/data" -m immediate -w stop >/dev/null 2>&1 || true ;;
+      clickhouse) stop_pidfile clickhouse "$SVC/clickhouse/clickhouse.pid" ;;
+      *) die "usage: $0 stop-one redis|postgres|clickhouse" ;;
+    esac ;;
+  *) die "usage: $0 start|stop|status|env|start-one|stop-one" ;;
 esac

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,3 +181,51 @@ async def engine(engine_env, tmp_path, db, redis):
     for proc in started:
         if proc.proc.poll() is None:
             await proc.stop(signal.SIGKILL)
+
+
+class PrivateService:
+    """A private Redis / PostgreSQL / ClickHouse of one test, on its own port and folder, so the
+    test can stop and restart it without disturbing anything else."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        from tests.targets import free_port
+        self.name = name
+        self.port = free_port()
+        self.env = {"UE_SERVICES_DIR": str(folder)}
+        if name == "redis":
+            self.env["UE_REDIS_PORT"] = str(self.port)
+            self.engine_env = {"DRAGONFLY_PORT": str(self.port), "UE_DRAGONFLY_DB": "0"}
+        elif name == "postgres":
+            self.env["UE_PG_PORT"] = str(self.port)
+            self.engine_env = {"POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:{self.port}/postgres"}
+        else:
+            self.env |= {"UE_CH_HTTP_PORT": str(self.port), "UE_CH_TCP_PORT": str(free_port())}
+            self.engine_env = {"CLICKHOUSE_URL": f"http://127.0.0.1:{self.port}", "CLICKHOUSE_DATABASE": "default"}
+
+    def _script(self, action: str) -> None:
+        subprocess.run(["bash", str(ROOT / "scripts/services.sh"), action, self.name], check=True,
+                       env={**os.environ, **self.env}, timeout=120)
+
+    def start(self) -> None:
+        self._script("start-one")
+
+    def stop(self) -> None:
+        self._script("stop-one")
+
+
+@pytest.fixture
+def private_service(request):
+    made: list[PrivateService] = []
+    # Not under pytest's tmp_path: that is root-only (0700) and PostgreSQL runs as `postgres`.
+    base = ROOT / ".services" / "private" / f"{request.node.name[:40]}-{os.getpid()}"
+
+    def make(name: str) -> PrivateService:
+        svc = PrivateService(name, base / name)
+        svc.start()
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.stop()
+    shutil.rmtree(base, ignore_errors=True)

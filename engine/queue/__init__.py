@@ -188,6 +188,11 @@ class Queue:
             pipe.hkeys(pk.conf)
         return {int(i) for part in await pipe.execute() for i in part}
 
+    async def renew_lock(self, key: str, holder: str, ttl_ms: int) -> bool:
+        """Extend a lease lock only if `holder` still holds it."""
+        (renewed,) = await self._run([(self.scripts.all["renewLock"], [key], [holder, ttl_ms])])
+        return bool(renewed)
+
     # -- operators -----------------------------------------------------------------------------
     async def depth(self) -> dict[str, list[int]]:
         """Per partition: waiting jobs, due now (backlog), leased (in flight)."""

@@ -46,7 +46,8 @@ class ClickHouse:
         try:
             async with self._http().post(self.settings.url, params=params, data=body) as resp:
                 text = await resp.text()
-                if resp.status != 200:
+                # An error after the headers went out arrives as a 200 with the exception in the body.
+                if resp.status != 200 or (params.get("wait_end_of_query") and "DB::Exception" in text):
                     first = text.strip().splitlines()[0] if text.strip() else f"HTTP {resp.status}"
                     raise ClickHouseError(first[:300])
                 return text
@@ -68,7 +69,9 @@ class ClickHouse:
         return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
     async def insert(self, table: str, body: bytes, settings: dict | None = None) -> None:
-        await self._post({"query": f"INSERT INTO {table} FORMAT JSONEachRow", **(settings or {})}, body)
+        # wait_end_of_query: the answer comes after the data is written, so 200 means stored.
+        await self._post({"query": f"INSERT INTO {table} FORMAT JSONEachRow", "wait_end_of_query": 1,
+                          **(settings or {})}, body)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -221,4 +224,4 @@ class ResultsSink:
                 pass
             self.wake.clear()
             ok = await self.flush()
-            delay = self.settings.flush_ms / 1000 if ok else min(delay * 2, 10.0)
+            delay = self.settings.flush_ms / 1000 if ok else min(delay * 2, 3.0)  # recovery waits at most this

@@ -147,7 +147,7 @@ class StatusSink:
             except asyncio.TimeoutError:
                 pass
             ok = await self.flush()
-            delay = self.settings.flush_ms / 1000 if ok else min(delay * 2, 10.0)
+            delay = self.settings.flush_ms / 1000 if ok else min(delay * 2, 3.0)  # recovery waits at most this
 
     async def close(self) -> None:
         if self._conn is not None:
