@@ -25,6 +25,7 @@ DEFAULTS = {"name": "", "interval_seconds": 60, "timeout_ms": 10000, "enabled": 
             "url": None, "host": None, "port": None, "tcp_send": None, "tcp_expect": None}
 _INTS = {"port", "interval_seconds", "timeout_ms", "retries"}
 _BOOLS = {"enabled", "invert_keyword", "follow_redirects", "verify_tls"}
+_TRUE, _FALSE = ("true", "1", "yes", "y", "on"), ("false", "0", "no", "n", "off")
 
 
 async def _pg(settings: Settings) -> asyncpg.Connection:
@@ -45,30 +46,51 @@ def target_row(target: str) -> dict:
     return {"type": "tcp", "host": host.strip("[]"), "port": int(port)}
 
 
+def _coerce(key: str, value):
+    """One field from CSV (always text) or JSON (typed) to the column's type; ValueError if not."""
+    if key in _INTS:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value.strip() if isinstance(value, str) else value)
+    if key in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ValueError(value)
+        return text in _TRUE
+    if key == "headers":
+        value = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, dict):
+            raise ValueError(value)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return value
+
+
 def normalize(raw: dict) -> dict:
     """A monitor row from CSV/JSON: coerce types, fill defaults, validate like the scheduler does."""
+    if None in raw:  # csv.DictReader puts values beyond the header under None
+        raise InvalidMonitor("more values than header columns")
     unknown = set(raw) - set(MONITOR_FIELDS) - {"id"}
     if unknown:
-        raise InvalidMonitor(f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise InvalidMonitor(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     row = dict(DEFAULTS)
     for key, value in raw.items():
         if key == "id" or value is None or value == "":
             continue
         try:
-            if key in _INTS:
-                value = int(value)
-            elif key in _BOOLS and isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                value = value.lower() in ("true", "1", "yes")
-            elif key == "headers" and isinstance(value, str):
-                value = json.loads(value)
+            row[key] = _coerce(key, value)
         except (ValueError, TypeError):
             raise InvalidMonitor(f"{key}: {str(value)[:60]!r} is not a valid {key}") from None
-        row[key] = value
     if not row.get("type"):
         row["type"] = "http" if row.get("url") else "tcp"
-    spec_from_row({**row, "id": 0})  # raises InvalidMonitor with the reason
+    row["type"] = row["type"].lower()
+    try:
+        spec_from_row({**row, "id": 0})
+    except InvalidMonitor as exc:  # "monitor 0: url must be …" -> "url must be …"
+        raise InvalidMonitor(str(exc).removeprefix("monitor 0: ")) from None
     return row
 
 
@@ -85,23 +107,57 @@ async def insert_monitors(conn: asyncpg.Connection, rows: list[dict]) -> list[in
     return ids
 
 
+_PG_TYPES = {"port": "int", "interval_seconds": "int", "timeout_ms": "int", "retries": "int",
+             "enabled": "bool", "invert_keyword": "bool", "follow_redirects": "bool",
+             "verify_tls": "bool", "headers": "jsonb"}
+
+
+async def import_monitors(conn: asyncpg.Connection, rows: list[dict], chunk: int = 5000) -> int:
+    """Insert validated rows in one transaction (all or nothing), a chunk per statement."""
+    cols = ", ".join(MONITOR_FIELDS)
+    arrays = ", ".join(f"${i + 1}::{'text' if _PG_TYPES.get(f) == 'jsonb' else _PG_TYPES.get(f, 'text')}[]"
+                       for i, f in enumerate(MONITOR_FIELDS))
+    select = ", ".join(f"{f}::jsonb" if _PG_TYPES.get(f) == "jsonb" else f for f in MONITOR_FIELDS)
+    sql = f"INSERT INTO monitors ({cols}) SELECT {select} FROM unnest({arrays}) AS u({cols})"
+    async with conn.transaction():
+        for i in range(0, len(rows), chunk):
+            part = rows[i:i + chunk]
+            await conn.execute(sql, *[[orjson.dumps(r[f]).decode() if f == "headers" else r[f] for r in part]
+                                      for f in MONITOR_FIELDS])
+    return len(rows)
+
+
 def read_rows(path: str) -> list[tuple[int, dict]]:
-    """(line number, raw row) from a CSV file with a header, or from JSON lines."""
-    text = Path(path).read_text() if path != "-" else sys.stdin.read()
-    first = text.lstrip()[:1]
-    if first in ("{", ""):
+    """(line number, raw row) from a CSV file with a header line, or from JSON lines (one object a
+    line). The format comes from the extension (.csv, .jsonl, .ndjson, .json), else from the text."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig") if path != "-" else sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidMonitor(f"cannot read {path}: {exc}") from None
+    ext = Path(path).suffix.lower()
+    is_json = ext in (".jsonl", ".ndjson", ".json") or (ext != ".csv" and text.lstrip()[:1] in ("{", ""))
+    if is_json:
         out = []
         for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    out.append((n, {"__error__": f"not JSON: {exc}"}))
-                    continue
-                out.append((n, obj if isinstance(obj, dict) else {"__error__": "not a JSON object"}))
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                out.append((n, {"__error__": f"not JSON: {exc}"}))
+                continue
+            out.append((n, obj if isinstance(obj, dict) else {"__error__": "not a JSON object"}))
         return out
     reader = csv.DictReader(io.StringIO(text))
-    return [(reader.line_num, dict(r)) for r in reader]
+    if not reader.fieldnames:
+        return []
+    out = []
+    start = 2  # the header is line 1; a quoted field may span lines, so track where each row began
+    for r in reader:
+        if any(v not in (None, "") for v in r.values()):
+            out.append((start, {k.strip() if isinstance(k, str) else k: v for k, v in r.items()}))
+        start = reader.line_num + 1
+    return out
 
 
 async def monitors(settings: Settings, args) -> int:
@@ -115,8 +171,13 @@ async def monitors(settings: Settings, args) -> int:
             print(f"added monitor {mid}")
             return 0
         if args.action == "disable":
-            n = await conn.execute("UPDATE monitors SET enabled = false WHERE id = ANY($1)", args.ids)
-            print(f"disabled {n.split()[-1]} monitor(s)")
+            found = await conn.fetch("UPDATE monitors SET enabled = false WHERE id = ANY($1) RETURNING id",
+                                     args.ids)
+            missing = sorted(set(args.ids) - {r["id"] for r in found})
+            print(f"disabled {len(found)} monitor(s)")
+            if missing:
+                print(f"uptime-engine: no monitor with id {', '.join(map(str, missing))}", file=sys.stderr)
+                return 2
             return 0
         if args.action == "list":
             rows = await conn.fetch(
@@ -133,31 +194,45 @@ async def monitors(settings: Settings, args) -> int:
                           f"{'yes' if r['enabled'] else 'no':3}  {r['status'] or '-':8}  {r['target']}")
             return 0
         if args.action == "import":
-            good, bad = [], []
-            for line, raw in read_rows(args.file):
-                try:
-                    if "__error__" in raw:
-                        raise InvalidMonitor(raw["__error__"])
-                    good.append(normalize(raw))
-                except InvalidMonitor as exc:
-                    bad.append((line, str(exc)))
-            for line, why in bad:
-                print(f"{args.file}:{line}: {why}", file=sys.stderr)
-            if bad and not args.partial:
-                print(f"uptime-engine: {len(bad)} bad row(s); nothing imported (use --partial to "
-                      f"import the {len(good)} good ones)", file=sys.stderr)
-                return 2
-            ids = await insert_monitors(conn, good)
-            print(f"imported {len(ids)} monitor(s)" + (f", skipped {len(bad)} bad row(s)" if bad else ""))
-            return 2 if bad else 0
+            return await _import(conn, args.file, args.partial)
     finally:
         await conn.close()
     return 2
 
 
+async def _import(conn: asyncpg.Connection, path: str, partial: bool) -> int:
+    """Validate every row; report each bad one as FILE:LINE: reason; import all or (unless
+    `partial`) nothing. Exit code 0 when every row was imported, else 2."""
+    good, bad = [], []
+    for line, raw in read_rows(path):
+        try:
+            if "__error__" in raw:
+                raise InvalidMonitor(raw["__error__"])
+            good.append(normalize(raw))
+        except InvalidMonitor as exc:
+            bad.append((line, str(exc)))
+    for line, why in bad:
+        print(f"{path}:{line}: {why}", file=sys.stderr)
+    if bad and not partial:
+        print(f"uptime-engine: {len(bad)} bad row(s); nothing imported (use --partial to "
+              f"import the {len(good)} good ones)", file=sys.stderr)
+        return 2
+    try:
+        n = await import_monitors(conn, good)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        print(f"uptime-engine: nothing imported: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"imported {n} monitor(s)" + (f", skipped {len(bad)} bad row(s)" if bad else ""))
+    return 2 if bad else 0
+
+
 async def _queue(settings: Settings) -> Queue:
     from redis.exceptions import RedisError
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     redis = connect(settings.dragonfly)
+    redis.set_retry(Retry(NoBackoff(), 1))  # an operator's command fails fast, with one line
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
@@ -167,35 +242,99 @@ async def _queue(settings: Settings) -> Queue:
     return Queue(redis, settings.dragonfly.prefix, settings.queue)
 
 
+LIVE_S = 5.0      # a worker heartbeat older than this is not counted (workers beat every second)
+SINKS = ("clickhouse", "postgres", "dragonfly")
+
+
+def _host() -> dict:
+    return {"workers": 0, "checks_per_s": 0.0, "checks_1m": 0, "in_flight": 0,
+            "lateness_p50_ms": 0.0, "lateness_p99_ms": 0.0, "sinks": {},
+            "buffered_results": 0, "buffered_statuses": 0}
+
+
+def _add_worker(h: dict, w: dict, now: float) -> None:
+    h["workers"] += 1
+    # A worker younger than a minute has counted for less than a minute.
+    window = min(60.0, max(1.0, now - w["started"])) if w.get("started") else 60.0
+    h["checks_per_s"] += w.get("checks_1m", 0) / window
+    h["checks_1m"] += w.get("checks_1m", 0)
+    h["in_flight"] += w.get("in_flight", 0)
+    # Workers publish percentiles, not samples: report the worst worker's (an upper bound).
+    h["lateness_p50_ms"] = max(h["lateness_p50_ms"], w.get("lateness_p50_ms", 0.0))
+    h["lateness_p99_ms"] = max(h["lateness_p99_ms"], w.get("lateness_p99_ms", 0.0))
+    for sink, healthy in w.get("sinks", {}).items():
+        h["sinks"][sink] = h["sinks"].get(sink, True) and bool(healthy)
+    buffered = w.get("buffered", {})
+    h["buffered_results"] += buffered.get("results", 0)
+    h["buffered_statuses"] += buffered.get("statuses", 0)
+
+
+def _rounded(h: dict) -> dict:
+    return {**h, "checks_per_s": round(h["checks_per_s"], 1),
+            "lateness_p50_ms": round(h["lateness_p50_ms"], 1), "lateness_p99_ms": round(h["lateness_p99_ms"], 1)}
+
+
 async def collect_status(queue: Queue) -> dict:
-    depth = await queue.depth()
+    """Queue figures from the partitions, live figures from the workers' heartbeats (per probe
+    host and in total). Raises ServiceUnavailable if Dragonfly stops answering."""
+    from redis.exceptions import RedisError
+
+    try:
+        depth = await queue.depth()
+        raw_workers = await queue.redis.hgetall(queue.keys.workers)
+        leader = await queue.redis.get(queue.keys.scheduler_lock)
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable(f"Dragonfly stopped answering: {exc}") from None
     now = time.time()
-    workers = []
-    for wid, raw in (await queue.redis.hgetall(queue.keys.workers)).items():
-        info = orjson.loads(raw)
-        if now - info.get("ts", 0) <= 5:
-            workers.append({"id": wid.decode(), **info})
     hosts: dict[str, dict] = {}
-    for w in workers:
-        h = hosts.setdefault(w["probe"], {"workers": 0, "checks_per_s": 0.0, "in_flight": 0,
-                                          "lateness_p50_ms": 0.0, "lateness_p99_ms": 0.0, "sinks": {}})
-        h["workers"] += 1
-        h["checks_per_s"] += w["checks_1m"] / 60
-        h["in_flight"] += w["in_flight"]
-        h["lateness_p50_ms"] = max(h["lateness_p50_ms"], w["lateness_p50_ms"])
-        h["lateness_p99_ms"] = max(h["lateness_p99_ms"], w["lateness_p99_ms"])
-        for sink, healthy in w["sinks"].items():
-            h["sinks"][sink] = h["sinks"].get(sink, True) and healthy
-    leader = await queue.redis.get(queue.keys.scheduler_lock)
+    total = _host()
+    stale = 0
+    for wid, raw in sorted(raw_workers.items()):
+        try:
+            info = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if now - info.get("ts", 0) > LIVE_S:
+            stale += 1  # a killed worker's last heartbeat (it could not remove it)
+            continue
+        _add_worker(hosts.setdefault(info.get("probe", "?"), _host()), info, now)
+        _add_worker(total, info, now)
+    total = _rounded(total)
+    total["probes"] = len(hosts)
+    total["stale_workers"] = stale
+    total["due_backlog"] = sum(depth["due"])
+    for sink in SINKS:
+        total["sinks"].setdefault(sink, None)  # None = no live worker reports it
     return {
         "queue": {"monitors": sum(depth["waiting"]) + sum(depth["in_flight"]),
                   "due_backlog": sum(depth["due"]), "in_flight": sum(depth["in_flight"]),
-                  "partitions": len(depth["due"])},
+                  "partitions": len(depth["due"]), "max_partition_backlog": max(depth["due"], default=0)},
         "scheduler": leader.decode() if leader else None,
-        "total": {"workers": len(workers), "checks_per_s": round(sum(h["checks_per_s"] for h in hosts.values()), 1),
-                  "in_flight": sum(h["in_flight"] for h in hosts.values())},
-        "probes": {k: {**v, "checks_per_s": round(v["checks_per_s"], 1)} for k, v in hosts.items()},
+        "total": total,
+        "probes": {name: _rounded(h) for name, h in sorted(hosts.items())},
     }
+
+
+def _sinks_text(sinks: dict) -> str:
+    return " ".join(f"{k}={'-' if v is None else 'ok' if v else 'DOWN'}" for k, v in sorted(sinks.items()))
+
+
+def status_table(st: dict) -> str:
+    q, t = st["queue"], st["total"]
+    lines = [f"queue: {q['monitors']} monitors in {q['partitions']} partitions, due backlog "
+             f"{q['due_backlog']}, in flight {q['in_flight']}; scheduler: {st['scheduler'] or 'none'}",
+             f"{'PROBE':20} {'WORKERS':>7} {'CHECKS/S':>9} {'IN-FLIGHT':>9} {'LATE p50':>9} "
+             f"{'LATE p99':>9} {'BUFFERED':>8}  SINKS"]
+    rows = list(st["probes"].items()) + [("total", t)]
+    for name, h in rows:
+        lines.append(f"{name[:20]:20} {h['workers']:>7} {h['checks_per_s']:>9.1f} {h['in_flight']:>9} "
+                     f"{h['lateness_p50_ms']:>7.0f}ms {h['lateness_p99_ms']:>7.0f}ms "
+                     f"{h['buffered_results']:>8}  {_sinks_text(h['sinks'])}")
+    if t["stale_workers"]:
+        lines.append(f"({t['stale_workers']} worker heartbeat(s) older than {LIVE_S:.0f} s not counted)")
+    if not t["workers"]:
+        lines.append("no live workers: is `uptime-engine run` running against this Dragonfly?")
+    return "\n".join(lines)
 
 
 async def status(settings: Settings, args) -> int:
@@ -206,16 +345,8 @@ async def status(settings: Settings, args) -> int:
         await queue.redis.aclose()
     if args.json:
         print(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    q, t = st["queue"], st["total"]
-    print(f"queue: {q['monitors']} monitors in {q['partitions']} partitions, due backlog {q['due_backlog']}, "
-          f"in flight {q['in_flight']}; scheduler: {st['scheduler'] or 'none'}")
-    print(f"{'PROBE':20} {'WORKERS':>7} {'CHECKS/S':>9} {'IN-FLIGHT':>9} {'LATE p50':>9} {'LATE p99':>9}  SINKS")
-    for name, h in sorted(st["probes"].items()):
-        sinks = " ".join(f"{k}={'ok' if v else 'DOWN'}" for k, v in sorted(h["sinks"].items()))
-        print(f"{name:20} {h['workers']:>7} {h['checks_per_s']:>9.1f} {h['in_flight']:>9} "
-              f"{h['lateness_p50_ms']:>7.0f}ms {h['lateness_p99_ms']:>7.0f}ms  {sinks}")
-    print(f"{'total':20} {t['workers']:>7} {t['checks_per_s']:>9.1f} {t['in_flight']:>9}")
+    else:
+        print(status_table(st))
     return 0
 
 

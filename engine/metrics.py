@@ -232,9 +232,13 @@ class QueueCollector:
             yield fam
 
     async def _depth(self) -> dict[str, list[int]]:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         from engine.queue import Queue, connect
 
         redis = connect(self.settings.dragonfly)
+        redis.set_retry(Retry(NoBackoff(), 1))  # the scrape is bounded; no backoff inside it
         try:
             return await Queue(redis, self.settings.dragonfly.prefix, self.settings.queue).depth()
         finally:
