@@ -28,7 +28,7 @@ _BOOLS = {"enabled", "invert_keyword", "follow_redirects", "verify_tls"}
 _TRUE, _FALSE = ("true", "1", "yes", "y", "on"), ("false", "0", "no", "n", "off")
 
 
-async def _pg(settings: Settings) -> asyncpg.Connection:
+async def open_pg(settings: Settings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(settings.postgres.dsn, timeout=5)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -161,7 +161,7 @@ def read_rows(path: str) -> list[tuple[int, dict]]:
 
 
 async def monitors(settings: Settings, args) -> int:
-    conn = await _pg(settings)
+    conn = await open_pg(settings)
     try:
         if args.action == "add":
             row = normalize({**target_row(args.target), "name": args.name, "interval_seconds": args.interval,
@@ -226,7 +226,7 @@ async def _import(conn: asyncpg.Connection, path: str, partial: bool) -> int:
     return 2 if bad else 0
 
 
-async def _queue(settings: Settings) -> Queue:
+async def open_queue(settings: Settings) -> Queue:
     from redis.exceptions import RedisError
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -274,6 +274,23 @@ def _rounded(h: dict) -> dict:
             "lateness_p50_ms": round(h["lateness_p50_ms"], 1), "lateness_p99_ms": round(h["lateness_p99_ms"], 1)}
 
 
+async def read_workers(queue: Queue) -> tuple[list[dict], int]:
+    """(live workers' heartbeat records with their id, count of stale ones)."""
+    raw = await queue.redis.hgetall(queue.keys.workers)
+    now = time.time()
+    live, stale = [], 0
+    for wid, blob in sorted(raw.items()):
+        try:
+            info = orjson.loads(blob)
+        except orjson.JSONDecodeError:
+            continue
+        if now - info.get("ts", 0) > LIVE_S:
+            stale += 1  # a killed worker's last heartbeat (it could not remove it)
+        else:
+            live.append({**info, "id": wid.decode()})
+    return live, stale
+
+
 async def collect_status(queue: Queue) -> dict:
     """Queue figures from the partitions, live figures from the workers' heartbeats (per probe
     host and in total). Raises ServiceUnavailable if Dragonfly stops answering."""
@@ -281,22 +298,14 @@ async def collect_status(queue: Queue) -> dict:
 
     try:
         depth = await queue.depth()
-        raw_workers = await queue.redis.hgetall(queue.keys.workers)
+        workers, stale = await read_workers(queue)
         leader = await queue.redis.get(queue.keys.scheduler_lock)
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable(f"Dragonfly stopped answering: {exc}") from None
     now = time.time()
     hosts: dict[str, dict] = {}
     total = _host()
-    stale = 0
-    for wid, raw in sorted(raw_workers.items()):
-        try:
-            info = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if now - info.get("ts", 0) > LIVE_S:
-            stale += 1  # a killed worker's last heartbeat (it could not remove it)
-            continue
+    for info in workers:
         _add_worker(hosts.setdefault(info.get("probe", "?"), _host()), info, now)
         _add_worker(total, info, now)
     total = _rounded(total)
@@ -338,7 +347,7 @@ def status_table(st: dict) -> str:
 
 
 async def status(settings: Settings, args) -> int:
-    queue = await _queue(settings)
+    queue = await open_queue(settings)
     try:
         st = await collect_status(queue)
     finally:
@@ -351,7 +360,7 @@ async def status(settings: Settings, args) -> int:
 
 
 async def history(settings: Settings, args) -> int:
-    queue = await _queue(settings)
+    queue = await open_queue(settings)
     try:
         entries = await queue.history(args.monitor_id)
     finally:
