@@ -10,6 +10,8 @@ import socket
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, TEST_DB, ch_rows
 from tests.targets import free_port
 
@@ -93,3 +95,47 @@ async def test_env_file_fills_in_what_the_environment_does_not_set(engine_env, c
         found = await ch_rows(ch, f"SELECT name FROM system.databases WHERE name = '{db}'")
         assert found == [{"name": db}]
         await ch.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+# -- deployment files (Docker cannot run here: check what can be checked) ----------------------
+def env_example_names() -> set[str]:
+    return {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+            if re.match(r"^[A-Z][A-Z0-9_]*=", line)}
+
+
+def test_docker_compose_parses_and_names_the_env_variables_of_env_example():
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"dragonfly", "postgres", "clickhouse", "migrate", "engine"} <= set(services)
+    for name in ("migrate", "engine"):  # both from the shared x-engine block
+        assert set(services[name]["environment"]) - {"PROMETHEUS_MULTIPROC_DIR", "UE_SINKS_SPOOL_DIR"} \
+            == env_example_names()
+    flags = services["dragonfly"]["command"]
+    assert "--cluster_mode=emulated" in flags and "--lock_on_hashtags" in flags
+    assert not any("allow-undeclared-keys" in f for f in flags)
+    engine = services["engine"]
+    assert engine["command"] == ["run"] and engine["stop_signal"] == "SIGTERM"
+    assert int(engine["stop_grace_period"].rstrip("s")) > 10 + 15  # grace_ms + the supervisor's margin
+    assert engine["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert engine["ulimits"]["nofile"]["soft"] >= 65536
+
+
+def test_systemd_unit_and_sysctl_settings():
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(ROOT / "config/uptime-engine.service")
+    svc = unit["Service"]
+    assert svc["Restart"] == "always" and svc["KillSignal"] == "SIGTERM" and svc["KillMode"] == "mixed"
+    assert int(svc["TimeoutStopSec"]) > 10 + 15
+    assert int(svc["LimitNOFILE"]) >= 65536
+    assert svc["ExecStart"].endswith("uptime-engine run") and svc["RestartPreventExitStatus"] == "2"
+    sysctl = dict(line.split(" = ", 1) for line in (ROOT / "config/sysctl.d/60-uptime-engine.conf")
+                  .read_text().splitlines() if line and not line.startswith("#"))
+    assert sysctl["net.ipv4.tcp_tw_reuse"] == "1"
+    low, high = map(int, sysctl["net.ipv4.ip_local_port_range"].split())
+    assert high - low > 50000
+    assert int(sysctl["fs.nr_open"]) >= int(svc["LimitNOFILE"])
+    assert {"fs.file-max", "net.core.somaxconn", "net.ipv4.tcp_fin_timeout"} <= set(sysctl)
