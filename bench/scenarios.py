@@ -1,0 +1,319 @@
+"""The scenarios. Each returns a list of summary dicts (one per run it makes) and keeps its raw
+figures (series for the plots) under the `_raw` key.
+
+steady  offered load below capacity (5,000/s and 10,000/s): precision
+max     ramp the offered load; the highest rate held (>= 95 % achieved, p99 lateness < 1 s)
+slow    targets answering in 200-2,000 ms: thousands of probes in flight
+storm   half the targets failing: every failing tick retried 3 times (1 s, 2 s, 4 s)
+tls     HTTPS only, certificates verified (the fleet's trustme CA via SSL_CERT_FILE)
+scale   1,000,000 monitors in the queue: sync time, Redis memory, claim cost vs 10,000
+crash   kill -9 a worker mid-run: the gap it causes
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+
+from bench.engine import EngineProcess
+from bench.window import Context, Plan, Sampler, http_rows, measure, run_window, slow_path, summarize
+
+
+def _q(ctx: Context, quick: float, full: float) -> float:
+    return quick if ctx.quick else full
+
+
+# -- steady ----------------------------------------------------------------------------------------
+async def steady(ctx: Context) -> list[dict]:
+    out = []
+    for rate in (5000, 10000):
+        plan = Plan("steady", f"steady-{rate}", rate, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 15, 60)),
+                    monitors=rate, interval=1)
+        res = await run_window(ctx, plan, http_rows(ctx, rate, 1))
+        out.append({**summarize(ctx, res), "_raw": res})
+    return out
+
+
+# -- max -------------------------------------------------------------------------------------------
+LADDER = (2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000)
+
+
+def _held(s: dict) -> bool:
+    return s["achieved"] >= 0.95 * s["offered"] and s["lateness_p99_ms"] < 1000
+
+
+async def max_rate(ctx: Context) -> list[dict]:
+    """One engine run; each step enables more 1 s monitors (the scheduler's incremental sync picks
+    them up), settles, and measures a window. After the first step not held, one step half-way back
+    (by disabling monitors) refines the answer."""
+    st = ctx.stores
+    top = LADDER[-1]
+    settle, dur = _q(ctx, 3, 5), int(_q(ctx, 6, 15))
+    plan = Plan("max", "max", LADDER[0], warm=settle, duration=dur, monitors=top, interval=1)
+    probe = f"bench-{ctx.run_id}-max"
+    await st.reset()
+    await st.seed(http_rows(ctx, top, 1, enabled=lambda mid: mid <= LADDER[0]))
+    env = st.engine_env(probe, ctx.out / "spool", {"SSL_CERT_FILE": ctx.ca_bundle})
+    engine = EngineProcess(env, ctx.workers, ctx.out / "engine-max.log")
+    engine.start()
+    sampler = Sampler(ctx, plan, engine)
+    sampling = asyncio.create_task(sampler.run())
+    steps: list[dict] = []
+    try:
+        await engine.wait_for(r"queue ready", 60)
+        await engine.wait_for(r"worker \d+ is ready", 30, count=ctx.workers)
+        rates = list(LADDER)
+        held_rate, failed_rate, refined = 0, 0, False
+        while rates:
+            rate = rates.pop(0)
+            if rate > held_rate:
+                await st.enable_up_to(rate)
+            else:
+                pg = await st.connect_pg()
+                await pg.execute("UPDATE monitors SET enabled = false WHERE id > $1 AND enabled", rate)
+            plan.offered, plan.monitors, plan.label = rate, rate, f"max-{rate}"
+            sampler.phase = "settling"
+            await asyncio.sleep(settle + 1.5)  # scheduler sync (1 s) + a full interval
+            m = await measure(ctx, plan, engine, sampler)
+            fig = await st.window(probe, m["t0"], m["t1"])
+            ticks = await st.ticks(probe, m["t0"], m["t1"], rate)
+            s = summarize(ctx, {"plan": plan, "figures": fig, "window": m, "ticks": ticks,
+                                "peak_in_flight": sampler.peak_in_flight, "peak_leased": sampler.peak_leased,
+                                "rss_kb": sampler.rss_kb})
+            s["held"] = _held(s)
+            s["_t0"], s["_t1"] = m["t0"], m["t1"]
+            steps.append(s)
+            ctx.progress(f"[max] offered {rate:,}/s: achieved {s['achieved']:,.0f}/s p99 "
+                         f"{s['lateness_p99_ms']:.0f} ms -> {'held' if s['held'] else 'NOT held'}", final=True)
+            sampler.peak_in_flight = sampler.peak_leased = 0
+            if s["held"]:
+                held_rate = max(held_rate, rate)
+            else:
+                failed_rate = rate
+                if refined or not held_rate:
+                    break
+                refined = True
+                mid = (held_rate + failed_rate) // 2 // 500 * 500
+                rates = [mid] if held_rate < mid < failed_rate else []
+    finally:
+        sampler.track_memory()
+        sampling.cancel()
+        await engine.stop()
+    series = await st.series(probe)
+    best = max((s for s in steps if s["held"]), key=lambda s: s["offered"], default=None)
+    ceiling = ctx.ceilings.get("http", {}).get("rate")
+    summary = {"scenario": "max", "run": "max", "workers": ctx.workers,
+               "max_held": best["offered"] if best else 0,
+               "achieved_at_max": best["achieved"] if best else 0,
+               "lateness_p99_ms_at_max": best["lateness_p99_ms"] if best else None,
+               "first_not_held": failed_rate or None,
+               "achieved_at_first_not_held": next((s["achieved"] for s in steps if not s["held"]), None),
+               "peak_achieved": max((s["achieved"] for s in steps), default=0),
+               "ceiling": ceiling,
+               "ratio_ceiling": round(best["achieved"] / ceiling, 3) if best and ceiling else None,
+               "cpu_per_1k_workers_at_max": best["cpu_per_1k_workers"] if best else None,
+               "steps": " ".join(f"{s['offered']:.0f}:{s['achieved']:.0f}/{s['lateness_p99_ms']:.0f}ms"
+                                 for s in steps)}
+    return [{**summary, "_raw": {"steps": steps, "series": series, "plan": plan}}]
+
+
+# -- slow, storm, tls -------------------------------------------------------------------------------
+async def slow(ctx: Context) -> list[dict]:
+    rate, interval = int(_q(ctx, 2000, 3000)), 5
+    n = rate * interval
+    plan = Plan("slow", "slow", rate, warm=_q(ctx, 8, 15), duration=int(_q(ctx, 15, 60)), monitors=n,
+                interval=interval, concurrency=4000)
+    res = await run_window(ctx, plan, http_rows(ctx, n, interval, path=slow_path(200, 2000)))
+    return [{**summarize(ctx, res, latency_ms="200-2000", concurrency=4000), "_raw": res}]
+
+
+async def storm(ctx: Context) -> list[dict]:
+    """Half the monitors answer 503: each failing tick is 4 attempts (retries 3, backoff 1, 2, 4 s)."""
+    n, interval = int(_q(ctx, 10000, 20000)), 10
+    plan = Plan("storm", "storm", n / interval, warm=_q(ctx, 12, 20), duration=int(_q(ctx, 20, 60)),
+                monitors=n, interval=interval)
+    res = await run_window(ctx, plan, http_rows(ctx, n, interval, path=lambda mid: "s/503" if mid % 2 else ""))
+    st = ctx.stores
+    m = res["window"]
+    where = (f"probe = '{res['probe']}' AND ts >= toDateTime({m['t0']}) AND ts < toDateTime({m['t1']})")
+    retry = await st.ch_rows(f"SELECT attempt AS a, quantileExact(0.5)(lateness_ms) AS p50, "
+                             f"quantileExact(0.99)(lateness_ms) AS p99 FROM ue_bench.check_results "
+                             f"WHERE {where} GROUP BY a ORDER BY a")
+    pg = await st.connect_pg()
+    status = {r["status"]: r["n"] for r in await pg.fetch(
+        "SELECT status, count(*) AS n FROM monitor_status GROUP BY status")}
+    # Attempt k of a failing tick is due 1, 3, 7 s after the tick (plus the earlier attempts' time).
+    backoff = {2: 1000, 3: 3000, 4: 7000}
+    extra = {"attempts": "/".join(str(res["figures"]["attempts"].get(a, 0)) for a in (1, 2, 3, 4)),
+             "retry_late_p99_ms": "/".join(f"{r['p99'] - backoff[r['a']]:.0f}" for r in retry if r["a"] in backoff),
+             "status_down": status.get("down", 0), "status_up": status.get("up", 0),
+             "status_pending": status.get("pending", 0)}
+    return [{**summarize(ctx, res, **extra), "_raw": res}]
+
+
+async def tls(ctx: Context) -> list[dict]:
+    rate = int(_q(ctx, 2000, 2000))
+    plan = Plan("tls", "tls", rate, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 15, 60)), kind="https",
+                monitors=rate, interval=1)
+    res = await run_window(ctx, plan, http_rows(ctx, rate, 1, kind="https"))
+    return [{**summarize(ctx, res, verify_tls="on"), "_raw": res}]
+
+
+async def tcp(ctx: Context) -> list[dict]:
+    from bench.window import tcp_rows
+    rate = 5000
+    plan = Plan("tcp", "tcp", rate, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 15, 60)), monitors=rate,
+                interval=1)
+    res = await run_window(ctx, plan, tcp_rows(ctx, rate, 1))
+    return [{**summarize(ctx, res), "_raw": res}]
+
+
+# -- crash -----------------------------------------------------------------------------------------
+async def crash(ctx: Context) -> list[dict]:
+    rate = 5000
+    dur = int(_q(ctx, 20, 40))
+    plan = Plan("crash", "crash", rate, warm=_q(ctx, 5, 10), duration=dur, monitors=rate, interval=1)
+    state: dict = {}
+
+    async def kill_one(t0: int, t1: int) -> dict:
+        async def later() -> None:
+            await asyncio.sleep(max(0.0, t0 + dur / 2 - time.time()))
+            engine: EngineProcess = state["engine"]
+            victims = engine.worker_pids()
+            if not victims:
+                return
+            ready_before = engine.output().count("is ready (id")
+            state["killed_pid"], state["killed_at"] = victims[0], time.time()
+            os.kill(victims[0], signal.SIGKILL)
+            while time.time() < t1 + 10:
+                if "respawned_at" not in state and set(engine.worker_pids()) - set(victims):
+                    state["respawned_at"] = time.time()
+                if engine.output().count("is ready (id") > ready_before:
+                    state["ready_at"] = time.time()
+                    break
+                await asyncio.sleep(0.05)
+        state["task"] = asyncio.create_task(later())
+        return {}
+
+    async def remember(engine: EngineProcess) -> None:
+        state["engine"] = engine
+
+    res = await run_window(ctx, plan, http_rows(ctx, rate, 1), during=kill_one, after_ready=remember)
+    task = state.get("task")
+    if task:
+        await asyncio.wait_for(task, 30)
+    killed = state.get("killed_at", 0.0)
+    per_s = {r["t"]: r["n1"] for r in res["series"]}
+    m = res["window"]
+    # Judged against what the engine held before the kill (it may run below the offered rate).
+    before = [per_s.get(t, 0) for t in range(m["t0"], int(killed))] or [rate]
+    base = statistics.median(before)
+    gap = sum(1 for t in range(int(killed), m["t1"]) if per_s.get(t, 0) < 0.5 * base)
+    recovery = None
+    for t in range(int(killed) + 1, m["t1"]):
+        if per_s.get(t, 0) >= 0.9 * base and per_s.get(t + 1, 0) >= 0.9 * base:
+            recovery = round(t - killed, 1)
+            break
+    lost = round(sum(max(0.0, base - per_s.get(t, 0)) for t in range(int(killed), min(int(killed) + 10, m["t1"]))))
+    extra = {"killed_pid": state.get("killed_pid"), "held_before_kill": base,
+             "respawn_s": round(state["respawned_at"] - killed, 2) if "respawned_at" in state else None,
+             "worker_ready_s": round(state["ready_at"] - killed, 2) if "ready_at" in state else None,
+             "gap_s_below_half": gap, "recovery_s": recovery, "checks_short_10s_after_kill": lost}
+    return [{**summarize(ctx, res, **extra), "_raw": res}]
+
+
+# -- scale -----------------------------------------------------------------------------------------
+async def claim_cost(ctx: Context, rounds: int, due: int) -> dict:
+    """Claim every due job of the queue as it stands in the bench's Redis db with the engine's own
+    Queue.claim (16 partitions x 62 per round trip, as a worker with 1,000 free slots asks), then
+    ack them all (next tick 1 s later); `rounds` times. Returns microseconds per claimed job."""
+    from engine.queue import ACK, Finish, Queue
+    from engine.settings import QueueSettings
+
+    qs = QueueSettings()
+    queue = Queue(ctx.stores.redis, "ue", qs)
+    await queue.prepare()
+    wants = [(p, min(qs.claim_batch, 1000 // qs.partitions)) for p in range(qs.partitions)]
+    per_job: list[float] = []
+    per_call: list[float] = []
+    server_us: list[float] = []
+    for _ in range(rounds):
+        await asyncio.sleep(1.1)      # every due job of the set is due again
+        jobs_all = []
+        t_claim = 0.0
+        calls = 0
+        rd0 = await ctx.stores.redis_stats()
+        while True:
+            t = time.perf_counter()
+            _, _, jobs = await queue.claim(wants, "bench/claim")
+            t_claim += time.perf_counter() - t
+            calls += 1
+            jobs_all += jobs
+            if len(jobs) < 10:
+                break
+        rd1 = await ctx.stores.redis_stats()
+        await queue.finish([Finish(j, ACK, 0, b"{}") for j in jobs_all])
+        if len(jobs_all) >= due * 0.9:
+            per_job.append(t_claim / len(jobs_all) * 1e6)
+            per_call.append(t_claim / calls * 1e3)
+            server_us.append((rd1["evalsha_usec"] - rd0["evalsha_usec"]) / len(jobs_all))
+    return {"claim_us_per_job": round(statistics.median(per_job), 2) if per_job else None,
+            "claim_ms_per_round_trip": round(statistics.median(per_call), 2) if per_call else None,
+            "claim_server_us_per_job": round(statistics.median(server_us), 2) if server_us else None,
+            "rounds": len(per_job)}
+
+
+async def scale(ctx: Context) -> list[dict]:
+    """1,000,000 monitors: a due set of 5,000 at 1 s, the rest at 1 day (phase-spread, so ~11/s
+    come due). The engine does the full sync (timed by its own 'queue ready' line) and runs a
+    window; then claim cost is measured on that queue and on a 10,000-monitor one."""
+    from engine.models import MonitorSpec
+    from engine.queue import Queue
+    from engine.settings import QueueSettings
+
+    st = ctx.stores
+    big, due, far = 1_000_000, 5000, 86400
+    rounds = int(_q(ctx, 5, 10))
+    urls = ctx.fleet.cfg.urls("http")
+
+    # 1) the small queue: 10,000 monitors (same due set), loaded straight into Redis.
+    await st.reset()
+    queue = Queue(st.redis, "ue", QueueSettings())
+    specs = [MonitorSpec(id=i, type="http", interval_s=1 if i <= due else far, url=urls[i % len(urls)] + "/")
+             for i in range(1, 10_001)]
+    await queue.upsert(specs)
+    small = await claim_cost(ctx, rounds, due)
+    small_mem = await st.queue_memory()
+
+    # 2) the big one, through PostgreSQL and the engine's own full sync.
+    mem0 = (await st.redis_stats())["used_memory"]
+    rows = http_rows(ctx, big, 1)
+    rows = [r if r[0] <= due else r[:5] + (far,) + r[6:] for r in rows]
+    offered = due + (big - due) / far
+    plan = Plan("scale", "scale", offered, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 10, 30)),
+                monitors=big, interval=1, tick_ids=due, ready_timeout=600)
+    res = await run_window(ctx, plan, rows)
+    del rows
+    used = (await st.redis_stats())["used_memory"] - mem0
+    big_mem = await st.queue_memory()
+    large = await claim_cost(ctx, rounds, due)
+    ratio = (large["claim_us_per_job"] / small["claim_us_per_job"]
+             if large["claim_us_per_job"] and small["claim_us_per_job"] else None)
+    extra = {"seed_s": res["seed_s"], "sync_s": res["sync_s"], "synced": res["synced"],
+             "full_syncs": res["full_syncs"], "scheduler_lease_lost": res["lease_lost"],
+             "redis_queue_mb": round(big_mem / 2**20, 1), "redis_used_mb_delta": round(used / 2**20, 1),
+             "redis_bytes_per_monitor": round(big_mem / big),
+             "queue_10k_mb": round(small_mem / 2**20, 2),
+             "claim_us_per_job_10k": small["claim_us_per_job"], "claim_us_per_job_1m": large["claim_us_per_job"],
+             "claim_server_us_per_job_10k": small["claim_server_us_per_job"],
+             "claim_server_us_per_job_1m": large["claim_server_us_per_job"],
+             "claim_ms_per_round_trip_1m": large["claim_ms_per_round_trip"],
+             "claim_cost_ratio_1m_10k": round(ratio, 3) if ratio else None}
+    return [{**summarize(ctx, res, **extra), "_raw": res}]
+
+
+SCENARIOS = {"steady": steady, "max": max_rate, "slow": slow, "storm": storm, "tls": tls,
+             "scale": scale, "crash": crash, "tcp": tcp}
+QUICK = ("steady", "max", "slow", "storm", "tls", "scale", "crash")
