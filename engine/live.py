@@ -195,7 +195,7 @@ class View:
     def line(self, h: dict | None, state: str) -> str:
         up = int(time.monotonic() - self.started)
         if h is None:
-            return f"live: {up}s {state} waiting for services"
+            return f"live: {up}s {state} waiting for services {self.note}".rstrip()
         c = self.counts
         return (f"live: {up}s {state} workers={h['workers']} checks/s={self.rate:.1f} checks={self.checks} "
                 f"up={c.get('up', 0)} down={c.get('down', 0)} pending={c.get('pending', 0)} "
