@@ -15,11 +15,12 @@ from bench.stores import ROOT
 
 class EngineProcess:
     def __init__(self, env: dict[str, str], workers: int, log_path: Path,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, gc_threshold: int | None = None) -> None:
         self.env = env
         self.workers = workers
         self.concurrency = concurrency
         self.log_path = log_path
+        self.gc_threshold = gc_threshold  # experiment: gen-0 GC threshold set before the fork
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -30,6 +31,11 @@ class EngineProcess:
 
     def start(self) -> None:
         args = [sys.executable, "-m", "engine", "run", "--workers", str(self.workers)]
+        if self.gc_threshold:
+            # Not a change to the engine: the same entry point, with the collector's threshold
+            # raised first (workers inherit it across fork). Measures a proposed engine change.
+            args[1:3] = ["-c", f"import gc, sys; gc.set_threshold({self.gc_threshold}, 20, 100); "
+                               "from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
         if self.concurrency:
             args += ["--concurrency", str(self.concurrency)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

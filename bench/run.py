@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ceiling", action="store_true", help="skip wrk")
     p.add_argument("--profile", action="store_true", help="py-spy one worker during each window "
                    "(bench/out/profile-<run>.txt)")
+    p.add_argument("--engine-gc-threshold", type=int, metavar="N",
+                   help="experiment: start the engine with gc.set_threshold(N, 20, 100) (no engine change)")
+    p.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the engine (repeatable), e.g. UE_QUEUE_HISTORY_LEN=0")
+    p.add_argument("--rate", type=int, action="append", metavar="N",
+                   help="offered checks/s for steady/tls/crash (repeatable; default per scenario)")
     p.add_argument("--out", default=str(OUT), help="output folder (default bench/out)")
     return p
 
@@ -72,12 +78,15 @@ async def main_async(args: argparse.Namespace) -> int:
                       cert_dir=str(out / "certs"))
     fleet = Fleet(cfg).start()
     ctx = Context(stores, fleet, out, args.quick, args.workers, run_id.replace("-", ""),
-                  ca_bundle=ca_bundle(cfg.cert_dir), profile=args.profile)
+                  ca_bundle=ca_bundle(cfg.cert_dir), profile=args.profile,
+                  gc_threshold=args.engine_gc_threshold,
+                  engine_env=dict(kv.split("=", 1) for kv in args.engine_env), rates=args.rate or [])
     ctx.service_pids = {name: procs.pid_listening(int(port)) for name, port in (
         ("redis", services["DRAGONFLY_PORT"]), ("postgres", services["POSTGRES_DSN"].rsplit(":", 1)[1].split("/")[0]),
         ("clickhouse", services["CLICKHOUSE_URL"].rsplit(":", 1)[1].split("/")[0]))}
     results: list[dict] = []
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _commit(), "quick": args.quick,
+            "engine_gc_threshold": args.engine_gc_threshold, "engine_env": args.engine_env,
             "workers": args.workers, "cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.platform(), "fleet": {"addresses": cfg.addresses, "ports": cfg.ports,
                                                      "procs": cfg.procs, "endpoints_per_kind": len(cfg.endpoints("http"))}}
@@ -113,6 +122,9 @@ async def main_async(args: argparse.Namespace) -> int:
                            **{f"cpu_share_{k}": v for k, v in c.get("cpu_share", {}).items()}}))
     for r in results:
         print(report.line(r))
+    ratios = [f"{r.get('run')}={r['ratio_ceiling']}" for r in results if r.get("ratio_ceiling")]
+    if ratios:
+        print("engine/ceiling: " + " ".join(ratios))
     path = out / f"bench-{run_id}.json"
     report.write_json(path, meta, results)
     shutil.copyfile(path, out / "latest.json")

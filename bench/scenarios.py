@@ -28,7 +28,7 @@ def _q(ctx: Context, quick: float, full: float) -> float:
 # -- steady ----------------------------------------------------------------------------------------
 async def steady(ctx: Context) -> list[dict]:
     out = []
-    for rate in (5000, 10000):
+    for rate in ctx.rates or (5000, 10000):
         plan = Plan("steady", f"steady-{rate}", rate, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 15, 60)),
                     monitors=rate, interval=1)
         res = await run_window(ctx, plan, http_rows(ctx, rate, 1))
@@ -55,8 +55,8 @@ async def max_rate(ctx: Context) -> list[dict]:
     probe = f"bench-{ctx.run_id}-max"
     await st.reset()
     await st.seed(http_rows(ctx, top, 1, enabled=lambda mid: mid <= LADDER[0]))
-    env = st.engine_env(probe, ctx.out / "spool", {"SSL_CERT_FILE": ctx.ca_bundle})
-    engine = EngineProcess(env, ctx.workers, ctx.out / "engine-max.log")
+    env = st.engine_env(probe, ctx.out / "spool", {"SSL_CERT_FILE": ctx.ca_bundle, **ctx.engine_env})
+    engine = EngineProcess(env, ctx.workers, ctx.out / "engine-max.log", gc_threshold=ctx.gc_threshold)
     engine.start()
     sampler = Sampler(ctx, plan, engine)
     sampling = asyncio.create_task(sampler.run())
@@ -154,7 +154,7 @@ async def storm(ctx: Context) -> list[dict]:
 
 
 async def tls(ctx: Context) -> list[dict]:
-    rate = int(_q(ctx, 2000, 2000))
+    rate = ctx.rates[0] if ctx.rates else 2000
     plan = Plan("tls", "tls", rate, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 15, 60)), kind="https",
                 monitors=rate, interval=1)
     res = await run_window(ctx, plan, http_rows(ctx, rate, 1, kind="https"))
@@ -172,7 +172,7 @@ async def tcp(ctx: Context) -> list[dict]:
 
 # -- crash -----------------------------------------------------------------------------------------
 async def crash(ctx: Context) -> list[dict]:
-    rate = 5000
+    rate = ctx.rates[0] if ctx.rates else 5000
     dur = int(_q(ctx, 20, 40))
     plan = Plan("crash", "crash", rate, warm=_q(ctx, 5, 10), duration=dur, monitors=rate, interval=1)
     state: dict = {}
