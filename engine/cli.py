@@ -133,7 +133,11 @@ def cmd_run(settings: Settings, args) -> int:
     def reload() -> Settings:
         return settings_from(args)
 
-    return Supervisor(settings, reload=reload).run()
+    supervisor = Supervisor(settings, reload=reload)
+    code = supervisor.run()
+    if supervisor.exit_reason:
+        print(f"uptime-engine: {supervisor.exit_reason}", file=sys.stderr)
+    return code
 
 
 def cmd_migrate(settings: Settings, args) -> int:
