@@ -46,6 +46,9 @@ class Finisher:
         batch, self.items = self.items, []
         try:
             _, stale = await self.queue.finish(batch)
+        except asyncio.CancelledError:
+            self.items[:0] = batch  # maybe not sent: keep it (a repeat is fenced by the token)
+            raise
         except (RedisError, OSError) as exc:
             self.items[:0] = batch
             metrics.flush_error("dragonfly")
@@ -114,7 +117,12 @@ class Worker:
         finally:
             await self._drain()
             sink_stop.set()
-            for task in upkeep:
+            # Sinks end their current round (a write in progress is not cut in half); the rest stop.
+            sinks, others = upkeep[:3], upkeep[3:]
+            for task in others:
+                task.cancel()
+            _, late = await asyncio.wait(sinks, timeout=5)
+            for task in late:
                 task.cancel()
             await asyncio.gather(*upkeep, return_exceptions=True)
             await self._final_flush()

@@ -110,6 +110,9 @@ class StatusSink:
                 UPSERT, ids, [r.status for r in rows], [r.checked_at for r in rows],
                 [r.latency_ms for r in rows], [r.status_code for r in rows], [r.error for r in rows],
                 [r.reset for r in rows], [r.failures for r in rows])
+        except asyncio.CancelledError:
+            self._merge_back(batch)
+            raise
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self.errors += 1
             metrics.flush_error("postgres")
