@@ -10,7 +10,7 @@ class Rolling:
     def __init__(self, window_s: int = 60, samples: int = 4096) -> None:
         self.window_s = window_s
         self.buckets: deque[list[int]] = deque()  # [second, count]
-        self.lateness: deque[float] = deque(maxlen=samples)
+        self.lateness: deque[tuple[float, float]] = deque(maxlen=samples)  # (monotonic, ms)
         self.total = 0
 
     def observe(self, lateness_ms: float) -> None:
@@ -19,7 +19,7 @@ class Rolling:
             self.buckets[-1][1] += 1
         else:
             self.buckets.append([now, 1])
-        self.lateness.append(lateness_ms)
+        self.lateness.append((time.monotonic(), lateness_ms))
         self.total += 1
 
     def last_minute(self) -> int:
@@ -29,7 +29,9 @@ class Rolling:
         return sum(c for _, c in self.buckets)
 
     def percentile(self, q: float) -> float:
-        if not self.lateness:
+        """Lateness percentile over the last `window_s` (of at most `samples` recent checks)."""
+        horizon = time.monotonic() - self.window_s
+        ordered = sorted(ms for t, ms in self.lateness if t >= horizon)
+        if not ordered:
             return 0.0
-        ordered = sorted(self.lateness)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

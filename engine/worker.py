@@ -83,6 +83,7 @@ class Worker:
         self.clock_offset = 0.0   # server clock minus local clock, seconds
         self.checks = 0
         self.rolling = Rolling()
+        self.started = time.time()
 
     async def start(self) -> None:
         s = self.settings
@@ -246,6 +247,7 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 info = {"probe": self.probe, "index": self.index, "pid": os.getpid(), "ts": time.time(),
+                        "started": self.started,
                         "checks": self.checks, "checks_1m": self.rolling.last_minute(),
                         "in_flight": len(self.inflight),
                         "lateness_p50_ms": round(self.rolling.percentile(0.5), 1),
