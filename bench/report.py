@@ -70,6 +70,10 @@ def plot(path: Path, summary: dict) -> Path | None:
             ax.axvspan(a - t0, b - t0, color="tab:green", alpha=0.08)
         if offered:
             ax1.hlines(offered, a - t0, b - t0, colors="k", linestyles="dashed", lw=1)
+    if summary.get("killed_at"):
+        for ax in (ax1, ax2):
+            ax.axvline(summary["killed_at"] - t0, color="tab:red", lw=1, alpha=0.6)
+        ax1.text(summary["killed_at"] - t0, ax1.get_ylim()[1] * 0.02, " kill -9", color="tab:red", fontsize=8)
     ceiling = summary.get("ceiling")
     if ceiling:
         ax1.axhline(ceiling, color="tab:red", ls=":", lw=1, label=f"wrk ceiling {ceiling:,.0f}/s")

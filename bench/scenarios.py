@@ -217,7 +217,7 @@ async def crash(ctx: Context) -> list[dict]:
             recovery = round(t - killed, 1)
             break
     lost = round(sum(max(0.0, base - per_s.get(t, 0)) for t in range(int(killed), min(int(killed) + 10, m["t1"]))))
-    extra = {"killed_pid": state.get("killed_pid"), "held_before_kill": base,
+    extra = {"killed_pid": state.get("killed_pid"), "killed_at": round(killed, 2), "held_before_kill": base,
              "respawn_s": round(state["respawned_at"] - killed, 2) if "respawned_at" in state else None,
              "worker_ready_s": round(state["ready_at"] - killed, 2) if "ready_at" in state else None,
              "gap_s_below_half": gap, "recovery_s": recovery, "checks_short_10s_after_kill": lost}
@@ -225,69 +225,71 @@ async def crash(ctx: Context) -> list[dict]:
 
 
 # -- scale -----------------------------------------------------------------------------------------
-async def claim_cost(ctx: Context, rounds: int, due: int) -> dict:
-    """Claim every due job of the queue as it stands in the bench's Redis db with the engine's own
-    Queue.claim (16 partitions x 62 per round trip, as a worker with 1,000 free slots asks), then
-    ack them all (next tick 1 s later); `rounds` times. Returns microseconds per claimed job."""
-    from engine.queue import ACK, Finish, Queue
+async def claim_round(ctx: Context, queue, wants: list, due: int) -> dict | None:
+    """Claim every due job of `queue` with the engine's own Queue.claim, then ack them all (next
+    tick 1 s later). None if fewer than 90 % of the due set came back (not all due yet). Redis'
+    own time (INFO commandstats) is taken around the claims only."""
+    from engine.queue import ACK, Finish
+
+    jobs_all, t_claim, calls = [], 0.0, 0
+    rd0 = await ctx.stores.redis_stats()
+    while True:
+        t = time.perf_counter()
+        _, _, jobs = await queue.claim(wants, "bench/claim")
+        t_claim += time.perf_counter() - t
+        calls += 1
+        jobs_all += jobs
+        if len(jobs) < 10:
+            break
+    rd1 = await ctx.stores.redis_stats()
+    await queue.finish([Finish(j, ACK, 0, b"{}") for j in jobs_all])
+    if len(jobs_all) < due * 0.9:
+        return None
+    return {"us_per_job": t_claim / len(jobs_all) * 1e6, "ms_per_call": t_claim / calls * 1e3,
+            "server_us_per_job": (rd1["evalsha_usec"] - rd0["evalsha_usec"]) / len(jobs_all)}
+
+
+async def claim_costs(ctx: Context, queues: dict, rounds: int, due: int) -> dict:
+    """Claim cost of several queues (same Redis db, different prefixes), rounds interleaved so
+    that whatever else the machine does weighs on each alike. Client wall time per claimed job
+    (median over rounds) and Redis' own time per job (INFO commandstats; server-wide, so other
+    clients of the same server count too)."""
     from engine.settings import QueueSettings
 
     qs = QueueSettings()
-    queue = Queue(ctx.stores.redis, "ue", qs)
-    await queue.prepare()
     wants = [(p, min(qs.claim_batch, 1000 // qs.partitions)) for p in range(qs.partitions)]
-    per_job: list[float] = []
-    per_call: list[float] = []
-    server_us: list[float] = []
+    got: dict[str, list] = {name: [] for name in queues}
     for _ in range(rounds):
-        await asyncio.sleep(1.1)      # every due job of the set is due again
-        jobs_all = []
-        t_claim = 0.0
-        calls = 0
-        rd0 = await ctx.stores.redis_stats()
-        while True:
-            t = time.perf_counter()
-            _, _, jobs = await queue.claim(wants, "bench/claim")
-            t_claim += time.perf_counter() - t
-            calls += 1
-            jobs_all += jobs
-            if len(jobs) < 10:
-                break
-        rd1 = await ctx.stores.redis_stats()
-        await queue.finish([Finish(j, ACK, 0, b"{}") for j in jobs_all])
-        if len(jobs_all) >= due * 0.9:
-            per_job.append(t_claim / len(jobs_all) * 1e6)
-            per_call.append(t_claim / calls * 1e3)
-            server_us.append((rd1["evalsha_usec"] - rd0["evalsha_usec"]) / len(jobs_all))
-    return {"claim_us_per_job": round(statistics.median(per_job), 2) if per_job else None,
-            "claim_ms_per_round_trip": round(statistics.median(per_call), 2) if per_call else None,
-            "claim_server_us_per_job": round(statistics.median(server_us), 2) if server_us else None,
-            "rounds": len(per_job)}
+        await asyncio.sleep(1.05)  # every job of the due sets is due again
+        for name, queue in queues.items():
+            r = await claim_round(ctx, queue, wants, due)
+            if r:
+                got[name].append(r)
+    out = {}
+    for name in queues:
+        rs = got[name]
+        out[name] = {"claim_us_per_job": round(statistics.median(r["us_per_job"] for r in rs), 2) if rs else None,
+                     "claim_ms_per_round_trip": round(statistics.median(r["ms_per_call"] for r in rs), 2) if rs else None,
+                     "claim_server_us_per_job": round(statistics.median(r["server_us_per_job"] for r in rs), 2) if rs else None,
+                     "rounds": len(rs)}
+    return out
 
 
 async def scale(ctx: Context) -> list[dict]:
     """1,000,000 monitors: a due set of 5,000 at 1 s, the rest at 1 day (phase-spread, so ~11/s
     come due). The engine does the full sync (timed by its own 'queue ready' line) and runs a
-    window; then claim cost is measured on that queue and on a 10,000-monitor one."""
+    window; then claim cost is measured on that queue and on a 10,000-monitor queue with the same
+    due set (its own key prefix in the same Redis db), rounds interleaved."""
     from engine.models import MonitorSpec
     from engine.queue import Queue
     from engine.settings import QueueSettings
 
     st = ctx.stores
     big, due, far = 1_000_000, 5000, 86400
-    rounds = int(_q(ctx, 5, 10))
+    rounds = int(_q(ctx, 6, 12))
     urls = ctx.fleet.cfg.urls("http")
 
-    # 1) the small queue: 10,000 monitors (same due set), loaded straight into Redis.
     await st.reset()
-    queue = Queue(st.redis, "ue", QueueSettings())
-    specs = [MonitorSpec(id=i, type="http", interval_s=1 if i <= due else far, url=urls[i % len(urls)] + "/")
-             for i in range(1, 10_001)]
-    await queue.upsert(specs)
-    small = await claim_cost(ctx, rounds, due)
-    small_mem = await st.queue_memory()
-
-    # 2) the big one, through PostgreSQL and the engine's own full sync.
     mem0 = (await st.redis_stats())["used_memory"]
     rows = http_rows(ctx, big, 1)
     rows = [r if r[0] <= due else r[:5] + (far,) + r[6:] for r in rows]
@@ -298,9 +300,20 @@ async def scale(ctx: Context) -> list[dict]:
     del rows
     used = (await st.redis_stats())["used_memory"] - mem0
     big_mem = await st.queue_memory()
-    large = await claim_cost(ctx, rounds, due)
+
+    small_queue = Queue(st.redis, "ue10k", QueueSettings())
+    await small_queue.prepare()
+    await small_queue.upsert([MonitorSpec(id=i, type="http", interval_s=1 if i <= due else far,
+                                          url=urls[i % len(urls)] + "/") for i in range(1, 10_001)])
+    small_mem = await st.queue_memory("ue10k")
+    big_queue = Queue(st.redis, "ue", QueueSettings())
+    await big_queue.prepare()
+    costs = await claim_costs(ctx, {"10k": small_queue, "1m": big_queue}, rounds, due)
+    small, large = costs["10k"], costs["1m"]
     ratio = (large["claim_us_per_job"] / small["claim_us_per_job"]
              if large["claim_us_per_job"] and small["claim_us_per_job"] else None)
+    sratio = (large["claim_server_us_per_job"] / small["claim_server_us_per_job"]
+              if large["claim_server_us_per_job"] and small["claim_server_us_per_job"] else None)
     extra = {"seed_s": res["seed_s"], "sync_s": res["sync_s"], "synced": res["synced"],
              "full_syncs": res["full_syncs"], "scheduler_lease_lost": res["lease_lost"],
              "redis_queue_mb": round(big_mem / 2**20, 1), "redis_used_mb_delta": round(used / 2**20, 1),
@@ -310,7 +323,9 @@ async def scale(ctx: Context) -> list[dict]:
              "claim_server_us_per_job_10k": small["claim_server_us_per_job"],
              "claim_server_us_per_job_1m": large["claim_server_us_per_job"],
              "claim_ms_per_round_trip_1m": large["claim_ms_per_round_trip"],
-             "claim_cost_ratio_1m_10k": round(ratio, 3) if ratio else None}
+             "claim_rounds": min(small["rounds"], large["rounds"]),
+             "claim_cost_ratio_1m_10k": round(ratio, 3) if ratio else None,
+             "claim_server_ratio_1m_10k": round(sratio, 3) if sratio else None}
     return [{**summarize(ctx, res, **extra), "_raw": res}]
 
 

@@ -252,10 +252,10 @@ class Stores:
         return {"used_memory": mem["used_memory"], "evalsha_calls": ev.get("calls", 0),
                 "evalsha_usec": ev.get("usec", 0)}
 
-    async def queue_memory(self) -> int:
+    async def queue_memory(self, prefix: str = PREFIX) -> int:
         """Bytes held by the queue's per-partition keys (MEMORY USAGE, every element counted)."""
         total = 0
         for p in range(PARTITIONS):
             for name in ("due", "active", "run", "conf", "spec"):
-                total += await self.redis.memory_usage(f"{{{PREFIX}:{p}}}:{name}", samples=0) or 0
+                total += await self.redis.memory_usage(f"{{{prefix}:{p}}}:{name}", samples=0) or 0
         return total
