@@ -76,6 +76,13 @@ async def max_rate(ctx: Context) -> list[dict]:
             plan.offered, plan.monitors, plan.label = rate, rate, f"max-{rate}"
             sampler.phase = "settling"
             await asyncio.sleep(settle + 1.5)  # scheduler sync (1 s) + a full interval
+            if rate < failed_rate:
+                # Stepping back down: let the failed step's backlog drain first, or it would be
+                # counted as this step's throughput.
+                deadline = time.time() + 15
+                while time.time() < deadline and (await st.queue_now())["backlog"] > rate / 20:
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(1)
             m = await measure(ctx, plan, engine, sampler)
             fig = await st.window(probe, m["t0"], m["t1"])
             ticks = await st.ticks(probe, m["t0"], m["t1"], rate)
