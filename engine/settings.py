@@ -103,8 +103,7 @@ class QueueSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_ms: Positive = 1 * SECONDS
     clickhouse_batch: Positive = 20_000
-    max_buffered: Positive = 2_000_000  # results kept in memory while ClickHouse is down
-    spool_dir: str = "spool"
+    spool_dir: str = "spool"  # write-ahead segments; they pile up here while ClickHouse is down
 
 
 class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -29,8 +29,9 @@ log = logging.getLogger("engine.worker")
 class Finisher:
     """Batches acks / retries / releases into one Dragonfly round trip per `ack_interval_ms`."""
 
-    def __init__(self, queue: Queue, interval_ms: int) -> None:
+    def __init__(self, queue: Queue, interval_ms: int, before_ack=None) -> None:
         self.queue = queue
+        self.before_ack = before_ack  # writes the batch's results ahead of its acks
         self.interval = interval_ms / 1000
         self.items: list[Finish] = []
         self.healthy = True
@@ -44,6 +45,11 @@ class Finisher:
         if not self.items:
             return True
         batch, self.items = self.items, []
+        if self.before_ack is not None:
+            try:
+                self.before_ack()
+            except OSError as exc:  # the disk failed: results stay in memory, jobs still move on
+                log.error("cannot write results ahead of their acks: %s", exc)
         try:
             _, stale = await self.queue.finish(batch)
         except asyncio.CancelledError:
@@ -96,7 +102,7 @@ class Worker:
         self.results = ResultsSink(self.ch, s.sinks, f"{self.probe}-w{self.index}")
         await self.results.start()
         self.statuses = StatusSink(s.postgres.dsn, s.sinks)
-        self.finisher = Finisher(self.queue, s.queue.ack_interval_ms)
+        self.finisher = Finisher(self.queue, s.queue.ack_interval_ms, self.results.journal)
         self.scheduler = Scheduler(s, self.queue, self.id)
 
     async def run(self) -> None:
@@ -287,12 +293,14 @@ class Worker:
             log.error("worker %d: %d status updates could not be written to PostgreSQL",
                       self.index, len(self.statuses.pending))
         if not await self.results.flush():
-            self.results.spool()
+            log.warning("worker %d: %d results stay in the spool until ClickHouse answers",
+                        self.index, self.results.pending())
 
     async def _close(self) -> None:
         await self.scheduler.close()
         await self.prober.close()
         await self.ch.close()
+        self.results.close()
         await self.statuses.close()
         await self.redis.aclose()
 

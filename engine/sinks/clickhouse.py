@@ -1,8 +1,8 @@
 """ClickHouse: a small HTTP client and the results batcher (every attempt becomes one row).
 
-Rows are kept as Structs and encoded in one `encode_lines` call per INSERT (JSONEachRow): one
-encoder per worker, no per-row Python dict. If ClickHouse is unreachable, rows stay in memory (up to
-`sinks.max_buffered`), then go to an on-disk spool; both are written, oldest first, when it returns.
+Rows are kept as Structs and encoded by one `encode_lines` call per ack batch (JSONEachRow) into a
+write-ahead segment file; each sealed segment becomes one INSERT. Memory holds at most one ack
+batch of rows; a ClickHouse outage only lets sealed segments pile up on disk (the spool).
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from pathlib import Path
 
 import aiohttp
@@ -100,15 +99,24 @@ class ResultRow(msgspec.Struct, omit_defaults=False):
 
 
 class ResultsSink:
-    """Buffers result rows and writes them in bulk INSERTs (by size or age); survives outages."""
+    """Every result goes to a write-ahead segment file before its job is acknowledged, and
+    ClickHouse gets one bulk INSERT per sealed segment (one per `flush_ms`, or `clickhouse_batch`
+    rows). While ClickHouse is down, sealed segments simply stay on disk (the spool) and are sent
+    oldest first when it returns; a killed worker's segments are picked up by the next one.
+
+    Files in `spool_dir`: `<name>.<pid>.open` (being appended), `<time_ns>-<pid>-<rows>.jsonl`
+    (sealed, waiting), `<sealed name>.<pid>.sending` (claimed by a sender).
+    """
 
     def __init__(self, ch: ClickHouse, settings: SinkSettings, spool_name: str) -> None:
         self.ch = ch
         self.settings = settings
         self.table = f"{ch.settings.database}.check_results"
-        self.rows: deque[ResultRow] = deque()
+        self.rows: list[ResultRow] = []   # not yet in a segment
         self.spool_dir = Path(settings.spool_dir)
-        self.spool_name = spool_name
+        self.open_path = self.spool_dir / f"{spool_name}.{os.getpid()}.open"
+        self._fd = -1
+        self._open_rows = 0
         self._encoder = msgspec.json.Encoder()
         self._whole_seconds = True  # DateTime (18.16) takes whole seconds; DateTime64 servers take ms
         self._insert_settings: dict = {}
@@ -119,6 +127,7 @@ class ResultsSink:
         self.wake = asyncio.Event()
 
     async def start(self) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.reclaim_orphans()
         try:
             if await self.ch.version() >= (20, 1):
@@ -132,35 +141,49 @@ class ResultsSink:
             row.ts = int(row.ts)
             row.scheduled_at = int(row.scheduled_at)
         self.rows.append(row)
-        if len(self.rows) >= self.settings.clickhouse_batch:
-            self.wake.set()
 
     def pending(self) -> int:
-        return len(self.rows)
+        """Results not yet in ClickHouse that this worker knows of (memory, open and sealed)."""
+        return len(self.rows) + self._open_rows + sum(_rows_of(p) for p in self._sealed())
+
+    def journal(self) -> None:
+        """Append buffered rows to the open segment (one write). Called before every ack batch,
+        so a result is on disk before its job is acknowledged."""
+        if not self.rows:
+            return
+        if self._fd < 0:
+            self._fd = os.open(self.open_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        data = self._encoder.encode_lines(self.rows)
+        os.write(self._fd, data)
+        self._open_rows += len(self.rows)
+        self.rows = []
+        if self._open_rows >= self.settings.clickhouse_batch:
+            self.wake.set()
+
+    def seal(self) -> None:
+        """Close the open segment and make it a sealed one, ready to send."""
+        self.journal()
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self.open_path, self.spool_dir / f"{time.time_ns()}-{os.getpid()}-{self._open_rows}.jsonl")
+        self._open_rows = 0
 
     async def flush(self) -> bool:
-        """Write spooled files, then buffered rows, oldest first. False if ClickHouse failed."""
+        """Seal the open segment and send every sealed one, oldest first. False if ClickHouse
+        (or the disk) failed; what was not sent stays on disk."""
         try:
-            for path in self._spooled():
-                await self._send_spooled(path)
-            while self.rows:
-                n = min(len(self.rows), self.settings.clickhouse_batch)
-                batch = [self.rows[i] for i in range(n)]
-                await self.ch.insert(self.table, self._encoder.encode_lines(batch), self._insert_settings)
-                for _ in range(n):
-                    self.rows.popleft()
-                self.inserted += n
-                self.inserts += 1
-                metrics.batch_written("clickhouse", n)
+            self.seal()
+            for path in self._sealed():
+                await self._send(path)
         except (ServiceUnavailable, ClickHouseError, OSError) as exc:
             self.errors += 1
             metrics.flush_error("clickhouse")
-            metrics.spooled(len(self.rows))
+            metrics.spooled(self.pending())
             if self.healthy:
                 log.warning("results are being kept until ClickHouse accepts them: %s", exc)
                 self.healthy = False
-            if len(self.rows) > self.settings.max_buffered:
-                self.spool(len(self.rows) - self.settings.max_buffered // 2)
             return False
         if not self.healthy:
             log.warning("ClickHouse accepts results again; backlog written")
@@ -168,20 +191,7 @@ class ResultsSink:
             metrics.spooled(0)
         return True
 
-    def spool(self, count: int | None = None) -> None:
-        """Move the oldest `count` buffered rows (default all) to a spool file."""
-        count = len(self.rows) if count is None else count
-        if count <= 0:
-            return
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        batch = [self.rows.popleft() for _ in range(count)]
-        name = f"{self.spool_name}-{time.time_ns()}.jsonl"
-        tmp = self.spool_dir / (name + ".tmp")
-        tmp.write_bytes(self._encoder.encode_lines(batch))
-        os.replace(tmp, self.spool_dir / name)
-        log.warning("spooled %d results to %s", count, self.spool_dir / name)
-
-    async def _send_spooled(self, path: Path) -> None:
+    async def _send(self, path: Path) -> None:
         # Several workers share the spool folder: a rename claims a file for one of them.
         claimed = path.with_name(f"{path.name}.{os.getpid()}.sending")
         try:
@@ -189,33 +199,41 @@ class ResultsSink:
         except FileNotFoundError:
             return
         try:
-            await self.ch.insert(self.table, claimed.read_bytes(), self._insert_settings)
+            body = claimed.read_bytes()
+            if body:
+                await self.ch.insert(self.table, body, self._insert_settings)
         except BaseException:
             os.rename(claimed, path)
             raise
         claimed.unlink()
-        log.info("wrote spooled results from %s", path.name)
+        n = _rows_of(path)
+        self.inserted += n
+        self.inserts += 1
+        metrics.batch_written("clickhouse", n)
 
     def reclaim_orphans(self) -> None:
-        """Give back files a killed process was sending (their pid is gone)."""
-        if not self.spool_dir.is_dir():
-            return
-        for path in self.spool_dir.glob("*.jsonl.*.sending"):
+        """Seal the open segments of killed processes and give back what they were sending."""
+        for path in list(self.spool_dir.glob("*.open")) + list(self.spool_dir.glob("*.sending")):
             pid = int(path.name.rsplit(".", 2)[-2])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.replace(path, path.with_name(path.name.rsplit(".", 2)[0]))
-            except PermissionError:
-                pass
+            if _alive(pid):
+                continue
+            if path.suffix == ".open":
+                rows = path.read_bytes().count(b"\n")
+                os.replace(path, self.spool_dir / f"{time.time_ns()}-{pid}-{rows}.jsonl")
+                log.warning("recovered %d results a killed worker had not sent", rows)
+            else:
+                os.replace(path, path.with_name(path.name.rsplit(".", 3)[0]))
 
-    def _spooled(self) -> list[Path]:
-        if not self.spool_dir.is_dir():
-            return []
-        return sorted(self.spool_dir.glob("*.jsonl"), key=lambda p: p.name.rsplit("-", 1)[-1])
+    def _sealed(self) -> list[Path]:
+        return sorted(self.spool_dir.glob("*.jsonl"), key=lambda p: int(p.name.split("-", 1)[0]))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Flush every `flush_ms` (sooner when a batch is full), backing off while ClickHouse is down."""
+        """Flush every `flush_ms` (sooner when a segment is full), backing off while ClickHouse is down."""
         delay = self.settings.flush_ms / 1000
         while not stopping.is_set():
             try:
@@ -225,3 +243,20 @@ class ResultsSink:
             self.wake.clear()
             ok = await self.flush()
             delay = self.settings.flush_ms / 1000 if ok else min(delay * 2, 3.0)  # recovery waits at most this
+
+
+def _rows_of(path: Path) -> int:
+    try:
+        return int(path.name.split(".", 1)[0].rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
