@@ -214,8 +214,7 @@ async def run_window(ctx: Context, plan: Plan, rows: list[tuple] | None,
     sampler = Sampler(ctx, plan, engine)
     sampling = asyncio.create_task(sampler.run())
     try:
-        ready = await engine.wait_for(r"queue ready: full sync of (\d+) enabled monitors .* in ([\d.]+) s",
-                                      plan.ready_timeout)
+        ready = await engine.wait_for(r"queue ready[^\n]*", plan.ready_timeout)
         await engine.wait_for(r"worker \d+ is ready", 30, count=ctx.workers)
         sampler.phase = "warming"
         if after_ready:
@@ -237,10 +236,12 @@ async def run_window(ctx: Context, plan: Plan, rows: list[tuple] | None,
     fig = await st.window(probe, m["t0"], m["t1"])
     ticks = await st.ticks(probe, m["t0"], m["t1"], plan.tick_ids)
     series = await st.series(probe)
-    syncs = len(re.findall(r"queue ready: full sync", engine.output()))
-    return {"plan": plan, "probe": probe, "seed_s": round(seed_s, 2), "sync_s": float(ready.group(2)),
+    syncs = len(re.findall(r"queue ready", engine.output()))
+    detail = re.search(r"full sync of (\d+) enabled monitors .* in ([\d.]+) s", ready.group(0))
+    return {"plan": plan, "probe": probe, "seed_s": round(seed_s, 2),
+            "sync_s": float(detail.group(2)) if detail else None,
             "full_syncs": syncs, "lease_lost": "scheduler lost its lease" in engine.output(),
-            "synced": int(ready.group(1)), "exit_code": code, "window": m, "figures": fig,
+            "synced": int(detail.group(1)) if detail else None, "exit_code": code, "window": m, "figures": fig,
             "ticks": ticks, "series": series, "timeline": sampler.timeline,
             "peak_in_flight": sampler.peak_in_flight, "peak_leased": sampler.peak_leased,
             "rss_kb": sampler.rss_kb}
@@ -264,6 +265,7 @@ def summarize(ctx: Context, res: dict, **extra) -> dict:
     expected_ticks = plan.monitors * d // plan.interval if plan.tick_ids is None else plan.tick_ids * d // plan.interval
     out = {
         "scenario": plan.name, "run": plan.label, "workers": ctx.workers,
+        "engine_exit": res.get("exit_code"),
         "monitors": plan.monitors, "offered": round(plan.offered, 1), "window_s": d,
         "achieved": round(achieved, 1), "first_attempts_per_s": round(fig["first_attempts"] / d, 1),
         "ceiling": ceiling, "ratio_ceiling": round(achieved / ceiling, 3) if ceiling else None,
