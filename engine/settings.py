@@ -92,6 +92,7 @@ class QueueSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
     claim_batch: Positive = 500
     poll_ms: Positive = 50
+    claim_min_ms: NonNegative = 10  # claims at least this far apart unless the last came back full
     lease_margin_ms: Positive = 5 * SECONDS
     backoff_ms: Positive = 1 * SECONDS  # first retry; doubles each attempt
     backoff_max_ms: Positive = 60 * SECONDS

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engine import metrics
+from engine.claiming import ClaimPlan, Governor
 from engine.probes import Prober
 from engine.queue import ACK, RELEASE, RETRY, Finish, Job, Queue, connect
 from engine.scheduler import Scheduler
@@ -29,8 +30,9 @@ log = logging.getLogger("engine.worker")
 class Finisher:
     """Batches acks / retries / releases into one Dragonfly round trip per `ack_interval_ms`."""
 
-    def __init__(self, queue: Queue, interval_ms: int, before_ack=None) -> None:
+    def __init__(self, queue: Queue, interval_ms: int, before_ack=None, learn=None) -> None:
         self.queue = queue
+        self.learn = learn            # told each partition's next due time after a finish
         self.before_ack = before_ack  # writes the batch's results ahead of its acks
         self.interval = interval_ms / 1000
         self.items: list[Finish] = []
@@ -51,7 +53,7 @@ class Finisher:
             except OSError as exc:  # the disk failed: results stay in memory, jobs still move on
                 log.error("cannot write results ahead of their acks: %s", exc)
         try:
-            _, stale = await self.queue.finish(batch)
+            _, stale, next_due = await self.queue.finish(batch)
         except asyncio.CancelledError:
             self.items[:0] = batch  # maybe not sent: keep it (a repeat is fenced by the token)
             raise
@@ -64,6 +66,9 @@ class Finisher:
             return False
         self.stale += stale
         self.batches += 1
+        if self.learn is not None:
+            for p, due in next_due.items():
+                self.learn(p, due)
         metrics.batch_written("dragonfly", len(batch))
         if not self.healthy:
             log.warning("Dragonfly answers again; %d kept acks written", len(batch))
@@ -87,6 +92,8 @@ class Worker:
         self.inflight: dict[int, tuple[asyncio.Task, Job]] = {}
         self.slot_free = asyncio.Event()
         self.clock_offset = 0.0   # server clock minus local clock, seconds
+        self.governor = Governor(settings.engine.concurrency)
+        self.plan: ClaimPlan | None = None
         self.checks = 0
         self.rolling = Rolling()
         self.started = time.time()
@@ -102,7 +109,7 @@ class Worker:
         self.results = ResultsSink(self.ch, s.sinks, f"{self.probe}-w{self.index}")
         await self.results.start()
         self.statuses = StatusSink(s.postgres.dsn, s.sinks)
-        self.finisher = Finisher(self.queue, s.queue.ack_interval_ms, self.results.journal)
+        self.finisher = Finisher(self.queue, s.queue.ack_interval_ms, self.results.journal, self._learn)
         self.scheduler = Scheduler(s, self.queue, self.id)
 
     async def run(self) -> None:
@@ -116,6 +123,7 @@ class Worker:
             asyncio.create_task(self._recover_loop(), name="recover"),
             asyncio.create_task(self.scheduler.run(self.stopping), name="scheduler"),
             asyncio.create_task(self._report_loop(), name="report"),
+            asyncio.create_task(self._lag_loop(), name="lag"),
         ]
         log.info("worker %d is ready (id %s, concurrency %d)", self.index, self.id,
                  self.settings.engine.concurrency)
@@ -137,23 +145,19 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        s = self.settings
-        parts = s.queue.partitions
-        rotate = self.index
-        poll = s.queue.poll_ms / 1000
+        q = self.settings.queue
+        plan = self.plan = ClaimPlan(q.partitions, q.claim_batch, q.poll_ms, q.claim_min_ms, self.index)
         backoff = 0.0
         while not self.stopping.is_set():
-            free = s.engine.concurrency - len(self.inflight)
+            free = min(self.governor.cap, self.settings.engine.concurrency) - len(self.inflight)
             if free <= 0:
                 self.slot_free.clear()
-                await self._wait(self.slot_free.wait(), poll)
+                await self._wait(self.slot_free.wait(), q.poll_ms / 1000)
                 continue
-            if free >= parts:
-                per = min(s.queue.claim_batch, free // parts)
-                wants = [(p, per) for p in range(parts)]
-            else:
-                wants = [((rotate + i) % parts, 1) for i in range(free)]
-                rotate += free
+            wants = plan.wants(free)
+            if not wants:
+                await self._wait(self.stopping.wait(), plan.sleep_s())
+                continue
             try:
                 sent = time.time()
                 now_ms, next_due, jobs = await self.queue.claim(wants, self.id)
@@ -161,25 +165,34 @@ class Worker:
                 backoff = min(max(backoff * 2, 0.2), 5.0)
                 if backoff == 0.2:
                     log.warning("cannot claim jobs, retrying with backoff: %s", exc)
+                plan.last_poll = 0.0  # ask every partition once it answers again
                 await self._wait(self.stopping.wait(), backoff)
                 continue
             if backoff:
                 log.warning("claiming jobs again")
                 backoff = 0.0
-            received = time.time()
-            # Judge lateness by the server's clock: remember how far ours is off (smoothed).
-            offset = now_ms / 1000 - (sent + received) / 2
-            self.clock_offset = offset if not self.checks else 0.9 * self.clock_offset + 0.1 * offset
+            got: dict[int, int] = {}
             for job in jobs:
+                got[job.partition] = got.get(job.partition, 0) + 1
                 self.inflight[job.id] = (asyncio.create_task(self._run_job(job)), job)
+            plan.claimed(wants, next_due, got, now_ms, sent, time.time())
+            self.clock_offset = plan.offset_ms / 1000  # judge lateness by the server's clock
             if jobs:
                 metrics.batch_written("claim", len(jobs))
                 metrics.in_flight(len(self.inflight))
-            full = any(len(jobs) >= n for _, n in wants)  # some partition may have more due
-            if jobs and full:
-                continue
-            sleep = poll if next_due < 0 else min(poll, max(0.001, (next_due - now_ms) / 1000))
-            await self._wait(self.stopping.wait(), sleep)
+            await self._wait(self.stopping.wait(), plan.sleep_s())
+
+    def _learn(self, partition: int, next_due: int) -> None:
+        if self.plan is not None:
+            self.plan.learn(partition, next_due)
+
+    async def _lag_loop(self) -> None:
+        """Sample event-loop lag for the governor (an overloaded loop makes every check dearer)."""
+        gov = self.governor
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            await asyncio.sleep(gov.period)
+            gov.observe(time.monotonic() - t0 - gov.period, len(self.inflight))
 
     @staticmethod
     async def _wait(awaitable, timeout: float) -> None:
@@ -255,7 +268,7 @@ class Worker:
                 info = {"probe": self.probe, "index": self.index, "pid": os.getpid(), "ts": time.time(),
                         "started": self.started,
                         "checks": self.checks, "checks_1m": self.rolling.last_minute(),
-                        "in_flight": len(self.inflight),
+                        "in_flight": len(self.inflight), "in_flight_cap": self.governor.cap,
                         "lateness_p50_ms": round(self.rolling.percentile(0.5), 1),
                         "lateness_p99_ms": round(self.rolling.percentile(0.99), 1),
                         "sinks": {"clickhouse": self.results.healthy, "postgres": self.statuses.healthy,

@@ -92,25 +92,25 @@ class Queue:
         raise AssertionError("unreachable")
 
     # -- workers -------------------------------------------------------------------------------
-    async def claim(self, wants: list[tuple[int, int]], worker: str) -> tuple[int, int, list[Job]]:
-        """Claim up to n jobs from each (partition, n). Returns (server now ms, next due ms or -1, jobs)."""
+    async def claim(self, wants: list[tuple[int, int]], worker: str) -> tuple[int, dict[int, int], list[Job]]:
+        """Claim up to n jobs from each (partition, n). Returns (server now ms,
+        {partition: its next due ms or -1}, jobs)."""
         calls = [(self.scripts.claim, self.keys.partitions[p].core, [n, worker]) for p, n in wants]
         replies = await self._run(calls)
         jobs: list[Job] = []
         now = 0
-        next_due = -1
+        next_due: dict[int, int] = {}
         for (p, _), reply in zip(wants, replies):
             now = max(now, int(reply[0]))
-            nd = int(reply[1])
-            if nd >= 0 and (next_due < 0 or nd < next_due):
-                next_due = nd
+            next_due[p] = int(reply[1])
             for i in range(2, len(reply), 5):
                 jobs.append(Job(int(reply[i]), p, int(reply[i + 1]), int(reply[i + 2]),
                                 reply[i + 3].decode(), now, spec_decoder.decode(reply[i + 4])))
         return now, next_due, jobs
 
-    async def finish(self, items: list[Finish]) -> tuple[int, int]:
-        """Ack / retry / release a batch in one round trip. Returns (done, stale)."""
+    async def finish(self, items: list[Finish]) -> tuple[int, int, dict[int, int]]:
+        """Ack / retry / release a batch in one round trip.
+        Returns (done, stale, {partition: its next due ms or -1})."""
         by_part: dict[int, list[Finish]] = defaultdict(list)
         for item in items:
             by_part[item.job.partition].append(item)
@@ -125,10 +125,12 @@ class Queue:
             argv += [f.entry for f in group]
             calls.append((self.scripts.finish, keys, argv))
         done = stale = 0
-        for d, s in await self._run(calls):
+        next_due = {}
+        for p, (d, s, nd) in zip(by_part, await self._run(calls)):
             done += d
             stale += s
-        return done, stale
+            next_due[p] = int(nd)
+        return done, stale, next_due
 
     async def recover(self, worker: str = "", limit: int = 1000) -> int:
         """Requeue expired leases (or every lease of a dead `worker`); record it in job history."""
@@ -206,7 +208,8 @@ class Queue:
         return {"waiting": r[0::3], "due": r[1::3], "in_flight": r[2::3]}
 
     async def history(self, monitor_id: int) -> list[dict]:
-        raw = await self.redis.lrange(self.keys.partition_of(monitor_id).history(monitor_id), 0, -1)
+        key = self.keys.partition_of(monitor_id).history(monitor_id)
+        raw = await self.redis.lrange(key, 0, max(self.settings.history_len, 1) - 1)
         return [orjson.loads(e.split(b" (stale", 1)[0]) | ({"stale": True} if b"(stale" in e else {})
                 for e in raw]
 

@@ -94,7 +94,7 @@ async def test_claim_leases_once_and_ack_is_fixed_rate(any_redis):
     assert not {j.id for j in again} & set(jobs)
     depth = await q.depth()
     assert sum(depth["in_flight"]) == 8
-    done, stale = await q.finish([Finish(j, ACK, 0, entry()) for j in jobs.values()])
+    done, stale = (await q.finish([Finish(j, ACK, 0, entry()) for j in jobs.values()]))[:2]
     assert (done, stale) == (8, 0)
     for job in jobs.values():
         pk = q.keys.partition_of(job.id)
@@ -127,8 +127,8 @@ async def test_expired_lease_is_recovered_and_late_ack_is_stale(any_redis):
     assert await q.recover() == 1
     _, _, jobs = await claim_all(q, worker="host-b/200")
     assert [j.id for j in jobs] == [7] and jobs[0].attempt == 1
-    assert await q.finish([Finish(job, ACK, 0, entry())]) == (0, 1)   # the old lease lost
-    assert await q.finish([Finish(jobs[0], ACK, 0, entry())]) == (1, 0)
+    assert (await q.finish([Finish(job, ACK, 0, entry())]))[:2] == (0, 1)   # the old lease lost
+    assert (await q.finish([Finish(jobs[0], ACK, 0, entry())]))[:2] == (1, 0)
     hist = await q.history(7)
     assert hist[0]["event"] == "checked" and hist[1].get("stale") and hist[2]["event"] == "recovered"
 
@@ -161,7 +161,7 @@ async def test_removed_while_in_flight_is_not_rescheduled(any_redis):
     await q.upsert([spec(3)])
     job = (await wait_due(q, {3}))[3]
     await q.remove([3])
-    assert await q.finish([Finish(job, ACK, 0, entry())]) == (1, 0)
+    assert (await q.finish([Finish(job, ACK, 0, entry())]))[:2] == (1, 0)
     assert await q.monitor_ids() == set()
     assert await any_redis.zcard(q.keys.partition_of(3).due) == 0
 
@@ -175,6 +175,12 @@ async def test_history_is_capped(any_redis):
         job = (await wait_due(q, {4}))[4]
     hist = await q.history(4)
     assert [h["n"] for h in hist] == [4, 3, 2]
+    for i in range(5, 12):
+        await q.finish([Finish(job, RELEASE, 0, entry(n=i))])
+        job = (await wait_due(q, {4}))[4]
+    assert await any_redis.llen(q.keys.partition_of(4).history(4)) <= 6  # trimmed at 2 x cap
+    assert [h["n"] for h in await q.history(4)] == [11, 10, 9]
+    assert 0 < await any_redis.ttl(q.keys.partition_of(4).history(4)) <= 86_400
 
 
 async def test_partition_count_is_checked(any_redis):

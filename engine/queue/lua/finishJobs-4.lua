@@ -9,12 +9,12 @@
     KEYS[3] run     HASH monitor_id -> run token
     KEYS[4] conf    HASH monitor_id -> "interval_ms:lease_ms"
     KEYS[4+i]       LIST job history of the i-th job (same hashtag); one per job, in order
-    ARGV[1] history length to keep (0 = none)
-    ARGV[2] history ttl seconds
+    ARGV[1] history length to keep (0 = none); the list is trimmed when it reaches twice that
+    ARGV[2] history ttl seconds, set when the list is created
     ARGV[3+4(i-1)..] per job i: id, token, action ('A' ack | 'R' retry | 'L' release), delay_ms
     ARGV[3+4n+i-1]   per job i: history entry (string)
   Output:
-    { done, stale }
+    { done, stale, next_due_ms | "-1" }  (next_due: the partition's earliest due time after this)
 ]]
 local function ms(x) return string.format('%.0f', x) end
 local t = redis.call('TIME')
@@ -50,9 +50,15 @@ for i = 1, n do
     entry = entry .. ' (stale: lease lost)'
   end
   if keep > 0 then
-    redis.call('LPUSH', KEYS[4 + i], entry)
-    redis.call('LTRIM', KEYS[4 + i], 0, keep - 1)
-    redis.call('EXPIRE', KEYS[4 + i], tonumber(ARGV[2]))
+    -- Cheap upkeep: the TTL is set when the list is made, the list trimmed at twice its cap
+    -- (readers take the newest `keep`).
+    local len = redis.call('LPUSH', KEYS[4 + i], entry)
+    if len == 1 then
+      redis.call('EXPIRE', KEYS[4 + i], tonumber(ARGV[2]))
+    elseif len > 2 * keep then
+      redis.call('LTRIM', KEYS[4 + i], 0, keep - 1)
+    end
   end
 end
-return { done, stale }
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return { done, stale, nxt[2] and ms(tonumber(nxt[2])) or '-1' }
