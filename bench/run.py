@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="extra environment for the engine (repeatable), e.g. UE_QUEUE_HISTORY_LEN=0")
     p.add_argument("--rate", type=int, action="append", metavar="N",
                    help="offered checks/s for steady/tls/crash (repeatable; default per scenario)")
+    p.add_argument("--no-verify-tls", action="store_true",
+                   help="seed monitors with verify_tls=false (default: verified, fleet CA trusted)")
     p.add_argument("--out", default=str(OUT), help="output folder (default bench/out)")
     return p
 
@@ -80,7 +82,8 @@ async def main_async(args: argparse.Namespace) -> int:
     ctx = Context(stores, fleet, out, args.quick, args.workers, run_id.replace("-", ""),
                   ca_bundle=ca_bundle(cfg.cert_dir), profile=args.profile,
                   gc_threshold=args.engine_gc_threshold,
-                  engine_env=dict(kv.split("=", 1) for kv in args.engine_env), rates=args.rate or [])
+                  engine_env=dict(kv.split("=", 1) for kv in args.engine_env), rates=args.rate or [],
+                  verify_tls=not args.no_verify_tls)
     ctx.service_pids = {name: procs.pid_listening(int(port)) for name, port in (
         ("redis", services["DRAGONFLY_PORT"]), ("postgres", services["POSTGRES_DSN"].rsplit(":", 1)[1].split("/")[0]),
         ("clickhouse", services["CLICKHOUSE_URL"].rsplit(":", 1)[1].split("/")[0]))}

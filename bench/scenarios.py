@@ -165,7 +165,7 @@ async def tls(ctx: Context) -> list[dict]:
     plan = Plan("tls", "tls", rate, warm=_q(ctx, 5, 10), duration=int(_q(ctx, 15, 60)), kind="https",
                 monitors=rate, interval=1)
     res = await run_window(ctx, plan, http_rows(ctx, rate, 1, kind="https"))
-    return [{**summarize(ctx, res, verify_tls="on"), "_raw": res}]
+    return [{**summarize(ctx, res, verify_tls="on" if ctx.verify_tls else "off"), "_raw": res}]
 
 
 async def tcp(ctx: Context) -> list[dict]:

@@ -128,7 +128,7 @@ class Stores:
 
     async def seed(self, rows: list[tuple]) -> float:
         """Bulk-load monitors with COPY: rows of (id, type, url, host, port, interval_seconds,
-        timeout_ms, retries, enabled). Row triggers are skipped (session_replication_role) and
+        timeout_ms, retries, enabled, verify_tls). Row triggers are skipped (session_replication_role) and
         the 'pending' status rows they would add are made in one INSERT … SELECT. Seconds taken."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -138,7 +138,7 @@ class Stores:
             await pg.copy_records_to_table(
                 "monitors", records=rows,
                 columns=["id", "type", "url", "host", "port", "interval_seconds", "timeout_ms",
-                         "retries", "enabled"])
+                         "retries", "enabled", "verify_tls"])
             await pg.execute("INSERT INTO monitor_status (monitor_id, status) "
                              "SELECT id, 'pending' FROM monitors ON CONFLICT DO NOTHING")
         await pg.execute("ANALYZE monitors")

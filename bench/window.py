@@ -41,6 +41,7 @@ class Context:
     gc_threshold: int | None = None                     # experiment knob (see bench/engine.py)
     engine_env: dict = field(default_factory=dict)      # extra engine environment (--engine-env)
     rates: list = field(default_factory=list)           # --rate overrides
+    verify_tls: bool = True                             # monitors' verify_tls (--no-verify-tls)
 
     def progress(self, text: str, final: bool = False) -> None:
         if self.progress_tty:
@@ -69,13 +70,13 @@ def http_rows(ctx: Context, count: int, interval: int, kind: str = "http", start
     for mid in range(start_id, start_id + count):
         url = urls[mid % len(urls)] + "/" + (path(mid) if path else "")
         rows.append((mid, "http", url, None, None, interval, timeout_ms, retries,
-                     enabled(mid) if enabled else True))
+                     enabled(mid) if enabled else True, ctx.verify_tls))
     return rows
 
 
 def tcp_rows(ctx: Context, count: int, interval: int, start_id: int = 1) -> list[tuple]:
     eps = ctx.fleet.cfg.endpoints("tcp")
-    return [(mid, "tcp", None, eps[mid % len(eps)][0], eps[mid % len(eps)][1], interval, 10_000, 3, True)
+    return [(mid, "tcp", None, eps[mid % len(eps)][0], eps[mid % len(eps)][1], interval, 10_000, 3, True, True)
             for mid in range(start_id, start_id + count)]
 
 
