@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -79,7 +80,7 @@ class EngineProcess:
         if self.proc.poll() is None:
             for pid in self.worker_pids():
                 try:
-                    procs.os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             self.proc.kill()

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 from bench import procs
 from bench.engine import EngineProcess
-from bench.stores import OUT, Stores
+from bench.stores import Stores
 from bench.targets import Fleet
 
 GROUPS = ("workers", "supervisor", "redis", "postgres", "clickhouse", "targets")
