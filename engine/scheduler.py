@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -20,6 +19,7 @@ from redis.exceptions import RedisError
 
 from engine.errors import InvalidMonitor
 from engine.models import MonitorSpec
+from engine.probes.status import parse_expected_status
 from engine.queue import Queue
 from engine.settings import Settings
 
@@ -28,8 +28,8 @@ log = logging.getLogger("engine.scheduler")
 COLUMNS = """id, type, url, host, port, interval_seconds, timeout_ms, enabled, retries, method,
     headers, body, expected_status, keyword, invert_keyword, follow_redirects, verify_tls,
     tcp_send, tcp_expect, updated_at"""
-OVERLAP = timedelta(seconds=10)  # re-read recent changes: a slow transaction commits late
-_STATUS_LIST = re.compile(r"^\s*\d{3}(\s*-\s*\d{3})?(\s*,\s*\d{3}(\s*-\s*\d{3})?)*\s*$")
+OVERLAP = timedelta(seconds=10)
+SYNC_CHUNK = 10_000  # rows per full-sync chunk  # re-read recent changes: a slow transaction commits late
 
 
 def spec_from_row(row) -> MonitorSpec:
@@ -52,8 +52,10 @@ def spec_from_row(row) -> MonitorSpec:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidMonitor(f"monitor {mid}: url must be http(s)://host/…, got {url[:100]!r}")
         expected = row["expected_status"] or "200-299"
-        if not _STATUS_LIST.match(expected):
-            raise InvalidMonitor(f"monitor {mid}: expected_status {expected[:50]!r} is not like '200-299,301'")
+        try:
+            parse_expected_status(expected)  # the probes' own parser: one rule for what is valid
+        except InvalidMonitor as exc:
+            raise InvalidMonitor(f"monitor {mid}: {exc}") from None
         headers = row["headers"] or {}
         if isinstance(headers, str):
             headers = orjson.loads(headers)
@@ -160,23 +162,43 @@ class Scheduler:
             pass
 
     async def full_sync(self) -> None:
+        """Stream every monitor in chunks (bounded memory), upsert each chunk, renew the leader
+        lease between chunks (a 1M-monitor sync outlives one lease), then drop what the queue
+        holds that PostgreSQL no longer enables."""
         started = time.monotonic()
         conn = await self._conn()
-        now = await conn.fetchval("SELECT clock_timestamp()")
-        rows = await conn.fetch(f"SELECT {COLUMNS} FROM monitors")
         await conn.execute("DELETE FROM monitor_deletions WHERE deleted_at < now() - interval '1 day'")
-        specs, dropped = self._specs(rows)
-        enabled = {s.id for s in specs}
-        stale = (await self.queue.monitor_ids()) - enabled
-        added, moved = await self.queue.upsert(specs)
-        removed = await self.queue.remove(sorted(stale | dropped)) if stale or dropped else 0
+        now = await conn.fetchval("SELECT clock_timestamp()")
+        enabled: set[int] = set()
+        shown: list[MonitorSpec] = []
+        added = moved = removed = count = 0
+        self.applied = {}
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.cursor(f"SELECT {COLUMNS} FROM monitors")
+            while rows := await cursor.fetch(SYNC_CHUNK):
+                specs, dropped = self._specs(rows)
+                a, m = await self.queue.upsert(specs)
+                removed += await self.queue.remove(sorted(dropped)) if dropped else 0
+                added, moved, count = added + a, moved + m, count + len(specs)
+                enabled.update(spec.id for spec in specs)
+                if len(shown) <= self.s.log_each_limit:
+                    shown.extend(specs[: self.s.log_each_limit + 1 - len(shown)])
+                self.applied.update((r["id"], r["updated_at"]) for r in rows if r["updated_at"] > now - OVERLAP)
+                if len(rows) == SYNC_CHUNK and not await self._hold_lock():
+                    log.warning("full sync stopped: this process is no longer the scheduler")
+                    return
+        for pk in self.keys.partitions:  # one partition at a time: bounded memory
+            stale = {int(i) for i in await self.queue.redis.hkeys(pk.conf)} - enabled
+            removed += await self.queue.remove(sorted(stale)) if stale else 0
         await self.queue.redis.set(self.keys.epoch, str(int(time.time())))
         self.cursor = self.deletions_cursor = now
-        self.applied = {r["id"]: r["updated_at"] for r in rows if r["updated_at"] > now - OVERLAP}
         self.last_full = time.monotonic()
-        self._log_scheduled(specs, added, moved)
+        if count <= self.s.log_each_limit:
+            self._log_scheduled(shown, added, moved)
+        else:
+            log.info("Scheduled %d monitors (%d new, %d rescheduled)", count, added, moved)
         log.info("queue ready: full sync of %d enabled monitors (%d new, %d rescheduled, %d removed) "
-                 "in %.2f s", len(specs), added, moved, removed, time.monotonic() - started)
+                 "in %.2f s", count, added, moved, removed, time.monotonic() - started)
 
     async def incremental_sync(self) -> None:
         conn = await self._conn()

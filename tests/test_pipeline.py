@@ -132,3 +132,33 @@ async def test_sigterm_flushes_pending_results(db, engine, ch):
     after = await ch_rows(ch, f"SELECT count() AS n FROM {TEST_DB}.check_results WHERE monitor_id = {mid}")
     assert after[0]["n"] >= 2
     assert (await statuses(db))[mid]["status"] == "up"
+
+
+async def test_malformed_rows_are_reported_once_and_lose_nothing(db, engine, ch):
+    runner, port = await start_target()
+    good = await add(db, type="tcp", host="127.0.0.1", port=port, interval_seconds=1, retries=0)
+    bad = {}
+    for name, sql in {
+        "interval": "INSERT INTO monitors (type, url, interval_seconds) VALUES ('http', 'http://127.0.0.1/', 0)",
+        "url": "INSERT INTO monitors (type, url, interval_seconds) VALUES ('http', 'ftp://x/', 1)",
+        "type": "INSERT INTO monitors (type, host, port, interval_seconds) VALUES ('icmp', 'x', 1, 1)",
+        "port": "INSERT INTO monitors (type, host, port, interval_seconds) VALUES ('tcp', '127.0.0.1', 70000, 1)",
+        "status": ("INSERT INTO monitors (type, url, expected_status, interval_seconds) "
+                   "VALUES ('http', 'http://127.0.0.1/', '2xx;lol', 1)"),
+        "headers": """INSERT INTO monitors (type, url, headers, interval_seconds) VALUES ('http', 'http://127.0.0.1/', '{"a": 1}', 1)""",
+    }.items():
+        bad[name] = await db.fetchval(sql + " RETURNING id")
+    proc = engine(**FAST)
+    try:
+        await proc.wait_for_log("queue ready")
+        await asyncio.sleep(3)
+    finally:
+        assert await proc.stop() == 0
+        await runner.cleanup()
+    out = proc.output()
+    for name, mid in bad.items():
+        lines = [l for l in out.splitlines() if f"skipping invalid monitor: monitor {mid}:" in l]
+        assert len(lines) == 1, (name, lines)  # once, not once per sync
+    checked = {r["monitor_id"] for r in await ch.query(f"SELECT DISTINCT monitor_id FROM {TEST_DB}.check_results")}
+    assert checked == {good}
+    assert "Traceback" not in out
