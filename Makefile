@@ -30,7 +30,11 @@ run: venv                 ## bring up services (unless .env names others), migra
 migrate: venv services
 	bash scripts/run.sh migrate
 
-bench: venv services      ## quick bench (a few minutes)
+$(VENV)/.bench: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench services  ## quick bench (about 10 minutes; every scenario, short windows)
 	$(PY) -m bench.run --quick
 
 clean: stop

@@ -1,13 +1,10 @@
-"""How much to claim, from which partitions, and when: the worker's claim pacing.
+"""Which partitions to claim from, how much, and when: the worker's claim pacing.
 
 - `ClaimPlan` remembers each partition's next due time (returned by every claim and finish
   script) and asks only the partitions that have something due, plus every partition once per
   `poll_ms` (another worker or the scheduler may have added work). Claims are at least
   `claim_min_ms` apart unless the previous one came back full, so a light load does not make a
   worker spin on round trips that return one job each.
-- `Governor` caps the probes in flight below `concurrency` when the event loop falls behind
-  (additive increase, multiplicative decrease on loop lag): an overloaded loop makes every check
-  slower and dearer, so a backlog is better left waiting in the queue than in the loop.
 """
 from __future__ import annotations
 
@@ -83,23 +80,3 @@ class ClaimPlan:
             wake = min(wake, now + max(0.0, (soonest - server_now) / 1000))
         wake = max(wake, self.last_claim + self.min_gap)
         return max(0.0, wake - now)
-
-
-class Governor:
-    """In-flight cap between `floor` and `ceiling`, driven by event-loop lag."""
-
-    def __init__(self, ceiling: int, floor: int = 50, lag_ms: float = 25.0, period: float = 0.1) -> None:
-        self.ceiling = ceiling
-        self.floor = min(floor, ceiling)
-        self.cap = ceiling
-        self.lag_limit = lag_ms / 1000
-        self.period = period
-        self.lag = 0.0
-
-    def observe(self, lag: float, in_flight: int) -> None:
-        """One loop-lag sample (seconds a `period` sleep overslept)."""
-        self.lag = lag
-        if lag > self.lag_limit:
-            self.cap = max(self.floor, int(min(self.cap, in_flight) * 0.8))
-        elif in_flight >= self.cap * 0.9:
-            self.cap = min(self.ceiling, self.cap + max(10, self.cap // 10))

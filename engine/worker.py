@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engine import metrics
-from engine.claiming import ClaimPlan, Governor
+from engine.claiming import ClaimPlan
 from engine.probes import Prober
 from engine.queue import ACK, RELEASE, RETRY, Finish, Job, Queue, connect
 from engine.scheduler import Scheduler
@@ -92,7 +92,6 @@ class Worker:
         self.inflight: dict[int, tuple[asyncio.Task, Job]] = {}
         self.slot_free = asyncio.Event()
         self.clock_offset = 0.0   # server clock minus local clock, seconds
-        self.governor = Governor(settings.engine.concurrency)
         self.plan: ClaimPlan | None = None
         self.checks = 0
         self.rolling = Rolling()
@@ -123,7 +122,6 @@ class Worker:
             asyncio.create_task(self._recover_loop(), name="recover"),
             asyncio.create_task(self.scheduler.run(self.stopping), name="scheduler"),
             asyncio.create_task(self._report_loop(), name="report"),
-            asyncio.create_task(self._lag_loop(), name="lag"),
         ]
         log.info("worker %d is ready (id %s, concurrency %d)", self.index, self.id,
                  self.settings.engine.concurrency)
@@ -149,7 +147,7 @@ class Worker:
         plan = self.plan = ClaimPlan(q.partitions, q.claim_batch, q.poll_ms, q.claim_min_ms, self.index)
         backoff = 0.0
         while not self.stopping.is_set():
-            free = min(self.governor.cap, self.settings.engine.concurrency) - len(self.inflight)
+            free = self.settings.engine.concurrency - len(self.inflight)
             if free <= 0:
                 self.slot_free.clear()
                 await self._wait(self.slot_free.wait(), q.poll_ms / 1000)
@@ -185,14 +183,6 @@ class Worker:
     def _learn(self, partition: int, next_due: int) -> None:
         if self.plan is not None:
             self.plan.learn(partition, next_due)
-
-    async def _lag_loop(self) -> None:
-        """Sample event-loop lag for the governor (an overloaded loop makes every check dearer)."""
-        gov = self.governor
-        while not self.stopping.is_set():
-            t0 = time.monotonic()
-            await asyncio.sleep(gov.period)
-            gov.observe(time.monotonic() - t0 - gov.period, len(self.inflight))
 
     @staticmethod
     async def _wait(awaitable, timeout: float) -> None:
@@ -268,7 +258,7 @@ class Worker:
                 info = {"probe": self.probe, "index": self.index, "pid": os.getpid(), "ts": time.time(),
                         "started": self.started,
                         "checks": self.checks, "checks_1m": self.rolling.last_minute(),
-                        "in_flight": len(self.inflight), "in_flight_cap": self.governor.cap,
+                        "in_flight": len(self.inflight),
                         "lateness_p50_ms": round(self.rolling.percentile(0.5), 1),
                         "lateness_p99_ms": round(self.rolling.percentile(0.99), 1),
                         "sinks": {"clickhouse": self.results.healthy, "postgres": self.statuses.healthy,

@@ -1,9 +1,9 @@
-"""Claim pacing and the in-flight governor (pure logic: no servers needed)."""
+"""Claim pacing (pure logic: no servers needed)."""
 from __future__ import annotations
 
 import time
 
-from engine.claiming import ClaimPlan, Governor
+from engine.claiming import ClaimPlan
 
 
 def test_first_claim_asks_every_partition_then_only_due_ones():
@@ -43,17 +43,3 @@ def test_budget_smaller_than_partitions_rotates():
     plan.last_poll = 0
     second = plan.wants(3)
     assert len(first) == len(second) == 3 and {p for p, _ in first} != {p for p, _ in second}
-
-
-def test_governor_backs_off_on_lag_and_recovers():
-    gov = Governor(ceiling=1000, floor=50, lag_ms=25)
-    gov.observe(0.2, in_flight=1000)
-    assert gov.cap == 800
-    for _ in range(20):
-        gov.observe(0.3, in_flight=gov.cap)
-    assert gov.cap == 50
-    for _ in range(200):
-        gov.observe(0.001, in_flight=gov.cap)
-    assert gov.cap == 1000
-    gov.observe(0.001, in_flight=10)  # no demand: no change
-    assert gov.cap == 1000
