@@ -9,8 +9,9 @@ connection (so connect and TLS are measured every time) and has a hard deadline 
 
 Layout: `http` (the HTTP check's semantics), `http_lean` (Protocol + httptools client for
 GET/HEAD), `http_aiohttp` (aiohttp client, for the rest), `tcp`,
-`resolver` (cached DNS + target policy), `connect`, `tls`, `body` (keyword scan), `status`
-(expected_status), `outcome` (timings, error classification), `report` (`check_target`).
+`resolver` (cached DNS + target policy), `connect`, `tls`, `deadline` (the per-check hard
+deadline), `body` (keyword scan), `status` (expected_status), `outcome` (timings, error
+classification), `report` (`check_target`).
 """
 from __future__ import annotations
 

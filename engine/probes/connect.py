@@ -21,15 +21,14 @@ from engine.probes.resolver import Addr
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
-async def connect(addrs: list[Addr], port: int, factory: Callable[[], P], timings: Timings,
-                  ssl_ctx: ssl.SSLContext | None = None,
+async def connect(loop: asyncio.AbstractEventLoop, addrs: list[Addr], port: int,
+                  factory: Callable[[], P], timings: Timings, ssl_ctx: ssl.SSLContext | None = None,
                   server_hostname: str | None = None) -> tuple[asyncio.Transport, P]:
     """Connect to the first address that accepts; raise the last OSError if none does.
 
     The protocol should set `timings.ready` in `connection_made`: data can arrive (and mark
     `first_byte`) before this coroutine resumes.
     """
-    loop = asyncio.get_running_loop()
     last: OSError | None = None
     token = current_timings.set(timings) if ssl_ctx is not None else None
     try:
@@ -48,6 +47,7 @@ async def connect(addrs: list[Addr], port: int, factory: Callable[[], P], timing
             assert last is not None
             raise last
     finally:
+        last = None  # the traceback holds this frame: without this, exc -> tb -> frame -> exc
         if token is not None:
             current_timings.reset(token)
     if not timings.ready:  # a protocol that does not mark connection_made

@@ -18,6 +18,7 @@ from yarl import URL
 from engine.errors import InvalidMonitor
 from engine.models import MonitorSpec, ProbeResult
 from engine.probes.body import KeywordScan
+from engine.probes.deadline import Deadline
 from engine.probes.outcome import ProbeFailure, Timings, failure, result, short
 from engine.probes.resolver import Resolver
 from engine.probes.status import parse_expected_status
@@ -85,7 +86,7 @@ async def run_http(client: HttpClient, spec: MonitorSpec, settings: ProbeSetting
     origin = url.raw_host
     cert_days: float | None = None
     try:
-        async with asyncio.timeout(spec.timeout_ms / 1000.0):
+        async with Deadline(asyncio.get_running_loop(), spec.timeout_ms / 1000.0):
             redirects = 0
             while True:
                 timings = Timings(tls=url.scheme == "https")
@@ -96,6 +97,9 @@ async def run_http(client: HttpClient, spec: MonitorSpec, settings: ProbeSetting
                     status = ex.status
                     if timings.tls:
                         cert_days = expiry_days(timings.tls_transport)
+                        # the transport's context holds these timings (current_timings): drop
+                        # the cycle so the connection is freed by refcount, not the cyclic GC
+                        timings.tls_transport = None
                     if spec.follow_redirects and status in REDIRECT_CODES and ex.location:
                         if redirects >= settings.max_redirects:
                             raise ProbeFailure("too_many_redirects", short(
@@ -126,3 +130,6 @@ async def run_http(client: HttpClient, spec: MonitorSpec, settings: ProbeSetting
         res = failure(t0, timings, exc, status, spec.timeout_ms)
         res.cert_expiry_days = cert_days
         return res
+    finally:
+        if timings is not None:  # a hop that failed after its TLS handshake
+            timings.tls_transport = None

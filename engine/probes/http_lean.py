@@ -61,22 +61,24 @@ class _LeanExchange(asyncio.Protocol):
     """Protocol and `Exchange` in one: parses the response, hands over the head, then (only if
     asked) streams the body into a KeywordScan."""
 
-    __slots__ = ("timings", "max_head", "max_body", "parser", "transport", "status", "location",
-                 "encoding", "framed", "head_bytes", "header_count", "waiter", "head_done",
-                 "complete", "interim", "ended", "lost", "failure", "scan", "decoder", "buffered",
-                 "buffered_bytes")
+    __slots__ = ("loop", "timings", "max_head", "max_body", "parser", "transport", "status",
+                 "location", "encoding", "framed", "head_bytes", "header_count", "waiter",
+                 "head_done", "complete", "interim", "ended", "lost", "failure", "scan", "decoder",
+                 "buffered", "buffered_bytes")
 
-    def __init__(self, timings: Timings, max_head: int, max_body: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timings: Timings, max_head: int,
+                 max_body: int) -> None:
+        self.loop = loop
         self.timings = timings
         self.max_head, self.max_body = max_head, max_body
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = None  # while connected (see below)
         self.transport: asyncio.Transport | None = None
         self.status = 0
         self.location: str | None = None
         self.encoding = b""
         self.framed = self.head_done = self.complete = self.interim = self.ended = False
         self.head_bytes = self.header_count = self.buffered_bytes = 0
-        self.waiter: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
+        self.waiter: asyncio.Future[None] | None = loop.create_future()
         self.lost: BaseException | None = None
         self.failure: ProbeFailure | None = None
         self.scan: KeywordScan | None = None
@@ -87,6 +89,10 @@ class _LeanExchange(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.timings.ready = perf_counter()
+        # The parser holds bound methods of self: a reference cycle, so it lives only from
+        # connection_made to connection_lost. Without the cycle an exchange is freed by
+        # refcount when the check ends, not by the cyclic GC (≈9 % of CPU in a profile before).
+        self.parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data: bytes) -> None:
         if not self.timings.first_byte:
@@ -96,7 +102,7 @@ class _LeanExchange(asyncio.Protocol):
         if not self.head_done:
             self.head_bytes += len(data)
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade:
             pass  # 101 Switching Protocols: the head is in; judged as a status
         except httptools.HttpParserError as exc:
@@ -112,6 +118,7 @@ class _LeanExchange(asyncio.Protocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.parser = None  # breaks the cycle (no data arrives after this)
         self.ended = True
         self.lost = exc
         if self.failure is None and not self.complete:
@@ -132,7 +139,7 @@ class _LeanExchange(asyncio.Protocol):
             self.encoding = value.strip().lower()
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        status = self.parser.get_status_code()  # type: ignore[union-attr]
         if 100 <= status < 200 and status != 101:  # interim response: wait for the real one
             self.interim = True
             self.location, self.framed, self.encoding, self.header_count = None, False, b"", 0
@@ -181,7 +188,7 @@ class _LeanExchange(asyncio.Protocol):
             if error is not None:
                 raise error
             return
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         await self.waiter
 
     def close(self) -> None:
@@ -226,6 +233,8 @@ class LeanClient:
 
     def __init__(self, settings: ProbeSettings, resolver: Resolver,
                  contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+        # Bound to the running loop, as the aiohttp session is: no loop look-up per check.
+        self._loop = asyncio.get_running_loop()
         self._settings = settings
         self._resolver = resolver
         self._verify, self._loose = contexts
@@ -242,10 +251,10 @@ class LeanClient:
         host = url.raw_host or ""
         addrs = await self._resolver.resolve(host, timings)
         ctx = None if url.scheme == "http" else (self._verify if verify else self._loose)
-        s = self._settings
+        s, loop = self._settings, self._loop
         transport, exchange = await connect(
-            addrs, url.port or (443 if ctx else 80),
-            lambda: _LeanExchange(timings, s.max_header_bytes, s.max_body_bytes),
+            loop, addrs, url.port or (443 if ctx else 80),
+            lambda: _LeanExchange(loop, timings, s.max_header_bytes, s.max_body_bytes),
             timings, ctx, host.rstrip("."))
         try:
             transport.write(request)
@@ -256,5 +265,8 @@ class LeanClient:
                 raise exchange.failure
         except BaseException:
             transport.abort()
+            # The traceback holds this frame; drop what leads back to the exception (waiter,
+            # exchange.failure) so the connection is freed by refcount, not the cyclic GC.
+            waiter = exchange.failure = None
             raise
         return exchange

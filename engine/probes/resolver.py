@@ -120,7 +120,11 @@ class Resolver:
                 self._inflight[host] = fut
                 fut.add_done_callback(lambda f, h=host: self._done(h, f))
             # shield: one check's deadline must not cancel a lookup others are waiting on
-            addrs = await asyncio.shield(fut)
+            try:
+                addrs = await asyncio.shield(fut)
+            except BaseException:
+                fut = None  # the traceback holds this frame: exc -> tb -> frame -> fut -> exc
+                raise
         if timings is not None:
             end = perf_counter()
             timings.dns_ms = round((end - t) * 1000.0, 3)

@@ -16,6 +16,7 @@ from engine.errors import InvalidMonitor
 from engine.models import MonitorSpec, ProbeResult
 from engine.probes.body import KeywordScan
 from engine.probes.connect import connect
+from engine.probes.deadline import Deadline
 from engine.probes.outcome import Timings, failure, result, short
 from engine.probes.resolver import Resolver
 from engine.settings import ProbeSettings
@@ -35,10 +36,11 @@ class _ReplyProtocol(asyncio.Protocol):
 
     __slots__ = ("scan", "done", "timings")
 
-    def __init__(self, scan: KeywordScan | None, timings: Timings) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, scan: KeywordScan | None,
+                 timings: Timings) -> None:
         self.scan = scan
         self.timings = timings
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[bool] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.timings.ready = perf_counter()
@@ -74,13 +76,14 @@ async def run_tcp(spec: MonitorSpec, settings: ProbeSettings, resolver: Resolver
         expect = unescape(spec.tcp_expect) if spec.tcp_expect else b""
     except InvalidMonitor as exc:
         return result(t0, None, ok=False, kind="invalid", error=str(exc))
+    loop = asyncio.get_running_loop()  # once per check: on CPython 3.11 it is a getpid() call
     try:
-        async with asyncio.timeout(spec.timeout_ms / 1000.0):
+        async with Deadline(loop, spec.timeout_ms / 1000.0):
             timings = Timings()
             addrs = await resolver.resolve(host, timings)
             scan = KeywordScan(expect, settings.max_body_bytes) if expect else None
-            transport, proto = await connect(addrs, spec.port, lambda: _ReplyProtocol(scan, timings),
-                                             timings)
+            transport, proto = await connect(
+                loop, addrs, spec.port, lambda: _ReplyProtocol(loop, scan, timings), timings)
             try:
                 if send:
                     transport.write(send)
