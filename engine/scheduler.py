@@ -188,7 +188,7 @@ class Scheduler:
                     log.warning("full sync stopped: this process is no longer the scheduler")
                     return
         for pk in self.keys.partitions:  # one partition at a time: bounded memory
-            stale = {int(i) for i in await self.queue.redis.hkeys(pk.conf)} - enabled
+            stale = await self.queue.partition_ids(pk) - enabled
             removed += await self.queue.remove(sorted(stale)) if stale else 0
         await self.queue.redis.set(self.keys.epoch, str(int(time.time())))
         self.cursor = self.deletions_cursor = now

@@ -183,12 +183,16 @@ class Queue:
         calls = [(self.scripts.remove, self.keys.partitions[p].core, group) for p, group in by_part.items()]
         return sum(await self._run(calls)) if calls else 0
 
+    async def partition_ids(self, pk: PartitionKeys) -> set[int]:
+        """Every monitor id one partition holds (HKEYS of its conf: for full reconciles only)."""
+        return {int(i) for i in await self.redis.hkeys(pk.conf)}
+
     async def monitor_ids(self) -> set[int]:
-        """Every monitor id in the queue (HKEYS of each partition's conf: for full reconciles only)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Every monitor id in the queue."""
+        ids: set[int] = set()
         for pk in self.keys.partitions:
-            pipe.hkeys(pk.conf)
-        return {int(i) for part in await pipe.execute() for i in part}
+            ids |= await self.partition_ids(pk)
+        return ids
 
     async def renew_lock(self, key: str, holder: str, ttl_ms: int) -> bool:
         """Extend a lease lock only if `holder` still holds it."""
