@@ -71,16 +71,19 @@ pg_as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 
 start_postgres() {
   port_open "$PG_PORT" && return 0
-  local data=$SVC/pg/data
-  mkdir -p "$SVC/pg/run"
-  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$SVC/pg"
+  local data=$SVC/pg/data sock=$SVC/pg/run
+  # A Unix socket path may not exceed 107 bytes (deep checkouts, per-test folders): fall back to a
+  # short per-port folder under /tmp; everything here connects over TCP anyway.
+  [ ${#sock} -le 80 ] || sock=/tmp/ue-pg-$PG_PORT
+  mkdir -p "$SVC/pg" "$sock"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$SVC/pg" "$sock"
   if [ ! -s "$data/PG_VERSION" ]; then
     pg_as "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$SVC/pg-init.log" 2>&1 ||
       die "initdb failed (see $SVC/pg-init.log)"
   fi
   pg_as "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/postgres.log" -w -t 30 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$SVC/pg/run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-    >/dev/null || die "PostgreSQL did not start (see $SVC/pg/postgres.log)"
+    -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$sock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    >/dev/null || die "PostgreSQL did not start: $(grep -E 'FATAL|PANIC|ERROR' "$SVC/pg/postgres.log" 2>/dev/null | tail -n 1) (see $SVC/pg/postgres.log)"
 }
 
 write_clickhouse_config() {
