@@ -81,7 +81,8 @@ class ClickHouseSettings(_Redacted, msgspec.Struct, frozen=True, forbid_unknown_
 class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: NonNegative = 0  # 0 = CPU count
     concurrency: Positive = 1000
-    probe_id: str = ""  # '' = hostname
+    # '' = hostname. No '|' or spaces: it is part of lease tokens and job history entries.
+    probe_id: Annotated[str, Meta(pattern=r"^[^|\s]*$")] = ""
     log_level: Annotated[str, Meta(pattern=r"^(?i:debug|info|warning|error)$")] = "info"
     grace_ms: Positive = 10 * SECONDS
     heartbeat_timeout_ms: Positive = 30 * SECONDS  # a worker silent this long is killed and replaced

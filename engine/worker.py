@@ -18,6 +18,7 @@ from engine import metrics
 from engine.claiming import ClaimPlan
 from engine.probes import Prober
 from engine.queue import ACK, RELEASE, RETRY, Finish, Job, Queue, connect
+from engine.queue import history as job_history
 from engine.scheduler import Scheduler
 from engine.settings import Settings
 from engine.stats import Rolling
@@ -217,22 +218,16 @@ class Worker:
                             self.settings.queue.backoff_max_ms)
             outcome = ("up" if result.ok else "down") if final else "retry"
             metrics.check_done(spec.type, outcome, result.latency_ms / 1000, lateness / 1000)
-            entry = orjson.dumps({
-                "event": "checked", "tick": job.tick_ms, "attempt": job.attempt, "worker": self.id,
-                "claimed_at": job.claimed_ms, "started_at": int(started * 1000),
-                "duration_ms": round(result.latency_ms, 1), "lateness_ms": round(lateness, 1),
-                "outcome": outcome, "kind": result.error_kind, "error": result.error[:200]})
-            self.finisher.add(Finish(job, action, delay, entry))
+            detail = job_history.checked(int(started * 1000), result.latency_ms, lateness, outcome,
+                                         result.error_kind, result.error)
+            self.finisher.add(Finish(job, action, delay, detail))
         except Exception as exc:  # noqa: BLE001 - a probe bug must not lose the job or the worker
             log.error("check of monitor %d failed inside the engine: %r; released", job.id, exc)
-            entry = orjson.dumps({"event": "released", "tick": job.tick_ms, "attempt": job.attempt,
-                                  "worker": self.id, "why": f"engine error: {exc!r}"[:200]})
-            self.finisher.add(Finish(job, RELEASE, self.settings.queue.backoff_ms, entry))
+            detail = job_history.released(f"engine error: {exc!r}")
+            self.finisher.add(Finish(job, RELEASE, self.settings.queue.backoff_ms, detail))
         except asyncio.CancelledError:
             # Shutdown past the grace period: the job goes back to the queue to run again now.
-            entry = orjson.dumps({"event": "released", "tick": job.tick_ms, "attempt": job.attempt,
-                                  "worker": self.id, "why": "worker shutting down"})
-            self.finisher.add(Finish(job, RELEASE, 0, entry))
+            self.finisher.add(Finish(job, RELEASE, 0, job_history.released("worker shutting down")))
             raise
         finally:
             self.inflight.pop(job.id, None)

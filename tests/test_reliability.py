@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from engine.migrate import migrate_clickhouse, migrate_postgres
+from engine.queue import history as job_history
 from engine.sinks.clickhouse import ClickHouse
 from tests.checks import READY, judge_ticks, seed_tcp, tick_counts
 from tests.conftest import TEST_DB
@@ -235,7 +236,7 @@ async def test_sigterm_under_load_drains_and_loses_nothing(db, engine, ch, redis
     history = 0
     for mid in ids:
         entries = await redis.lrange(keys.partition_of(mid).history(mid), 0, -1)
-        history += sum(1 for e in entries if b'"event":"checked"' in e)
+        history += sum(1 for e in entries if job_history.decode(e)["event"] == "checked")
     rows = (await ch.query(f"SELECT count() AS n FROM {TEST_DB}.check_results"))[0]["n"]
     print(f"\nSIGTERM under load: exit 0 in {took:.1f} s; {rows} results written, "
           f"{history} checks acknowledged, {history - rows} lost; {leased} jobs left leased")

@@ -25,6 +25,7 @@ def test_precedence_file_env_cli(tmp_path):
     ({"DRAGONFLY_PORT": "seventy"}, "invalid setting dragonfly.port (from DRAGONFLY_PORT)"),
     ({"POSTGRES_DSN": "mysql://x"}, "invalid setting postgres.dsn"),
     ({"UE_PROBES_DENY_NETWORKS": "10.0.0.0/8,not-a-net"}, "invalid setting probes.deny_networks"),
+    ({"ENGINE_PROBE_ID": "eu west|2"}, "invalid setting engine.probe_id (from ENGINE_PROBE_ID)"),
     ({"UE_QUEUE_NO_SUCH": "1"}, "unknown setting queue.no_such (from UE_QUEUE_NO_SUCH)"),
 ])
 def test_invalid_values_name_the_setting(environ, message):

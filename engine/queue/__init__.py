@@ -10,12 +10,12 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from engine.keys import Keys, PartitionKeys
 from engine.models import MonitorSpec, spec_decoder, spec_encoder
+from engine.queue import history as job_history
 from engine.queue.scripts import Scripts
 from engine.settings import DragonflySettings, QueueSettings
 
@@ -40,7 +40,7 @@ class Finish:
     job: Job
     action: str       # ACK | RETRY | RELEASE
     delay_ms: int
-    entry: bytes      # history entry
+    detail: bytes     # history detail (engine.queue.history: checked / released)
 
 
 def connect(settings: DragonflySettings) -> aioredis.Redis:
@@ -120,9 +120,8 @@ class Queue:
             pk = self.keys.partitions[p]
             keys = pk.core[:4] + [pk.history(f.job.id) for f in group]
             argv: list = [keep, ttl]
-            for f in group:
-                argv += (f.job.id, f.job.token, f.action, f.delay_ms)
-            argv += [f.entry for f in group]
+            argv += [b"%d|%s|%d|%s|%s" % (f.job.id, f.action.encode(), f.delay_ms, f.job.token.encode(),
+                                         f.detail) for f in group]
             calls.append((self.scripts.finish, keys, argv))
         done = stale = 0
         next_due = {}
@@ -142,13 +141,9 @@ class Queue:
         for pk, reply in zip(self.keys.partitions, replies):
             for i in range(0, len(reply), 2):
                 count += 1
-                token = reply[i + 1].decode()
-                tick, attempt, *rest = token.split(":") + ["", ""]
-                entry = orjson.dumps({"event": "recovered", "why": what, "tick": int(tick or 0),
-                                      "attempt": int(attempt or 0), "worker": rest[0]})
                 key = pk.history(reply[i].decode())
                 if self.settings.history_len:
-                    pipe.lpush(key, entry)
+                    pipe.lpush(key, job_history.recovered(reply[i + 1], what))
                     pipe.ltrim(key, 0, self.settings.history_len - 1)
                     pipe.expire(key, self.settings.history_ttl_s)
         if count:
@@ -214,8 +209,7 @@ class Queue:
     async def history(self, monitor_id: int) -> list[dict]:
         key = self.keys.partition_of(monitor_id).history(monitor_id)
         raw = await self.redis.lrange(key, 0, max(self.settings.history_len, 1) - 1)
-        return [orjson.loads(e.split(b" (stale", 1)[0]) | ({"stale": True} if b"(stale" in e else {})
-                for e in raw]
+        return [job_history.decode(e) for e in raw]
 
     async def server_time_ms(self) -> int:
         sec, usec = await self.redis.time()

@@ -4,12 +4,12 @@ from __future__ import annotations
 import asyncio
 import re
 
-import orjson
 import pytest
 from redis.exceptions import ResponseError
 
 from engine.models import MonitorSpec
 from engine.queue import ACK, RELEASE, RETRY, Finish, Queue, phase_ms
+from engine.queue import history as job_history
 from engine.queue.scripts import LUA_DIR, Scripts
 from engine.settings import QueueSettings
 
@@ -25,8 +25,8 @@ def spec(mid: int, interval: int = 1, timeout_ms: int = 1000) -> MonitorSpec:
     return MonitorSpec(id=mid, type="tcp", interval_s=interval, timeout_ms=timeout_ms, host="127.0.0.1", port=1)
 
 
-def entry(**kw) -> bytes:
-    return orjson.dumps({"event": "checked", **kw})
+def entry(n: int = 0) -> bytes:
+    return job_history.checked(1_700_000_000_000 + n, 12.5, 3.25, "up", "", f"n={n}")
 
 
 async def claim_all(q: Queue, worker: str = WORKER, per: int = 100):
@@ -54,6 +54,11 @@ def test_every_redis_call_uses_declared_keys():
             if cmd in keyless:
                 continue
             assert arg.strip().startswith("KEYS["), f"{path.name}: {cmd} touches {arg!r}, not KEYS[..]"
+        # Batched calls go through call_list(cmd, k, list), which calls redis.call(cmd, KEYS[k], ...).
+        for cmd, k in re.findall(r"call_list\('(\w+)',\s*([^,)]+)", body):
+            assert k.strip().isdigit(), f"{path.name}: call_list('{cmd}', {k}) does not name a KEYS index"
+        if "function call_list" in body:
+            assert "redis.call(cmd, KEYS[k]" in body
 
 
 def test_loader_checks_key_count():
@@ -174,12 +179,12 @@ async def test_history_is_capped(any_redis):
         await q.finish([Finish(job, RELEASE, 0, entry(n=i))])
         job = (await wait_due(q, {4}))[4]
     hist = await q.history(4)
-    assert [h["n"] for h in hist] == [4, 3, 2]
+    assert [h["error"] for h in hist] == ["n=4", "n=3", "n=2"]
     for i in range(5, 12):
         await q.finish([Finish(job, RELEASE, 0, entry(n=i))])
         job = (await wait_due(q, {4}))[4]
-    assert await any_redis.llen(q.keys.partition_of(4).history(4)) <= 6  # trimmed at 2 x cap
-    assert [h["n"] for h in await q.history(4)] == [11, 10, 9]
+    assert await any_redis.llen(q.keys.partition_of(4).history(4)) <= 4  # trimmed past cap + cap/4
+    assert [h["error"] for h in await q.history(4)] == ["n=11", "n=10", "n=9"]
     assert 0 < await any_redis.ttl(q.keys.partition_of(4).history(4)) <= 86_400
 
 
@@ -188,3 +193,52 @@ async def test_partition_count_is_checked(any_redis):
     from engine.errors import SettingsError
     with pytest.raises(SettingsError, match="partitions"):
         await Queue(any_redis, any_redis.queue_prefix, QueueSettings(partitions=8)).prepare()
+
+
+async def test_history_records_the_lease_and_the_check(any_redis):
+    """An entry is the lease token the job ran under plus the check's fields; `!` marks a finish
+    whose lease had been lost; recoveries name why. Every field comes back as written."""
+    q = make_queue(any_redis, margin=1)
+    await q.upsert([spec(9, timeout_ms=50)])
+    job = (await wait_due(q, {9}))[9]
+    detail = job_history.checked(job.claimed_ms + 7, 41.26, 7.04, "down", "timeout", "no answer | in 50 ms")
+    await q.finish([Finish(job, RETRY, 0, detail)])
+    retry = (await wait_due(q, {9}))[9]
+    await asyncio.sleep(0.1)
+    assert await q.recover() == 1
+    await q.finish([Finish(retry, RELEASE, 0, job_history.released("worker shutting down"))])  # stale
+    newest, recovered, checked = await q.history(9)
+    assert checked == {"event": "checked", "tick": job.tick_ms, "attempt": 1, "worker": WORKER,
+                       "claimed_at": job.claimed_ms, "started_at": job.claimed_ms + 7,
+                       "duration_ms": 41.3, "lateness_ms": 7.0, "outcome": "down", "kind": "timeout",
+                       "error": "no answer | in 50 ms"}
+    assert recovered == {"event": "recovered", "tick": job.tick_ms, "attempt": 2, "worker": WORKER,
+                         "claimed_at": retry.claimed_ms, "why": "stalled: lease expired"}
+    assert newest == {"event": "released", "tick": job.tick_ms, "attempt": 2, "worker": WORKER,
+                      "claimed_at": retry.claimed_ms, "why": "worker shutting down", "stale": True}
+    raw = await any_redis.lindex(q.keys.partition_of(9).history(9), 2)
+    assert len(raw) < 110, raw  # compact: ~220 bytes as a JSON object
+
+
+def test_history_reads_entries_of_earlier_versions():
+    old = b'{"event":"checked","tick":5,"attempt":1,"worker":"w/1","outcome":"up"} (stale: lease lost)'
+    assert job_history.decode(old) == {"event": "checked", "tick": 5, "attempt": 1, "worker": "w/1",
+                                       "outcome": "up", "stale": True}
+
+
+async def test_large_batches_are_claimed_and_finished_in_one_call(any_redis):
+    """More jobs in one call than the scripts pass to one command (1,000 arguments): all are
+    leased once, finished once, and a job repeated in a batch is finished once, then stale."""
+    q = make_queue(any_redis)
+    ids = list(range(4, 4 * 1501, 4))  # 1,500 monitors, all in partition 0
+    await q.upsert([spec(i) for i in ids])
+    await asyncio.sleep(1.05)  # every first tick (phases spread over 1 s) is due
+    _, _, jobs = await q.claim([(0, 5000)], WORKER)
+    assert sorted(j.id for j in jobs) == ids
+    pk = q.keys.partitions[0]
+    assert await any_redis.zcard(pk.active) == 1500 and await any_redis.zcard(pk.due) == 0
+    batch = [Finish(j, ACK, 0, entry()) for j in jobs] + [Finish(jobs[0], ACK, 0, entry())]
+    assert (await q.finish(batch))[:2] == (1500, 1)
+    assert await any_redis.zcard(pk.active) == 0 and await any_redis.zcard(pk.due) == 1500
+    assert await any_redis.hlen(pk.run) == 0
+    assert [h.get("stale", False) for h in await q.history(jobs[0].id)] == [True, False]
