@@ -109,6 +109,12 @@ def spooled(rows: int) -> None:
         _m.buffered.set(rows)
 
 
+def results_dropped(rows: int) -> None:
+    """Spooled results dropped to keep the spool within its limits (a long ClickHouse outage)."""
+    if _m is not None:
+        _m.dropped.inc(rows)
+
+
 def worker_restarted() -> None:
     """The supervisor replaced a dead or silent worker."""
     if _m is not None:
@@ -190,6 +196,8 @@ class _Metrics:
                                     ["sink"])
         self.buffered = Gauge("uptime_results_buffered", "Results held in memory or spool while "
                               "ClickHouse is unreachable (live workers)", multiprocess_mode="livesum")
+        self.dropped = Counter("uptime_results_dropped_total", "Spooled results dropped to keep the "
+                               "spool within sinks.spool_max_mb / spool_min_free_mb")
         self.restarts = Counter("uptime_worker_restarts_total", "Workers replaced after dying or "
                                 "going silent")
         # Labelled children made once: the hot path never calls .labels().

@@ -106,6 +106,10 @@ class SinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_ms: Positive = 1 * SECONDS
     clickhouse_batch: Positive = 20_000
     spool_dir: str = "spool"  # write-ahead segments; they pile up here while ClickHouse is down
+    # While ClickHouse is down the oldest segments are dropped (logged, counted) rather than let the
+    # spool outgrow spool_max_mb (0 = no cap) or leave less than spool_min_free_mb on its disk.
+    spool_max_mb: NonNegative = 0
+    spool_min_free_mb: NonNegative = 1024
 
 
 class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -180,6 +180,7 @@ class ResultsSink:
         except (ServiceUnavailable, ClickHouseError, OSError) as exc:
             self.errors += 1
             metrics.flush_error("clickhouse")
+            self.enforce_limits()
             metrics.spooled(self.pending())
             if self.healthy:
                 log.warning("results are being kept until ClickHouse accepts them: %s", exc)
@@ -211,8 +212,50 @@ class ResultsSink:
         self.inserts += 1
         metrics.batch_written("clickhouse", n)
 
+    def enforce_limits(self) -> int:
+        """Drop the oldest sealed segments while the spool is over `spool_max_mb` or its disk has
+        less than `spool_min_free_mb` free: a long outage then costs its oldest results, never the
+        host. Returns the rows dropped (logged as an error and counted)."""
+        cap, floor = self.settings.spool_max_mb << 20, self.settings.spool_min_free_mb << 20
+        if not cap and not floor:
+            return 0
+        sizes = []
+        for path in self._sealed():
+            try:
+                sizes.append((path, path.stat().st_size))
+            except FileNotFoundError:
+                continue  # sent or dropped by another worker meanwhile
+        total = sum(size for _, size in sizes)
+        try:
+            st = os.statvfs(self.spool_dir)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = floor
+        dropped = files = 0
+        for path, size in sizes:
+            if not ((cap and total > cap) or (floor and free < floor)):
+                break
+            doomed = path.with_name(f"{path.name}.{os.getpid()}.dropping")
+            try:
+                os.rename(path, doomed)  # claimed: another worker cannot send or drop it too
+                os.unlink(doomed)
+            except FileNotFoundError:
+                continue
+            total -= size
+            free += size
+            dropped += _rows_of(path)
+            files += 1
+        if dropped:
+            metrics.results_dropped(dropped)
+            log.error("spool over its limit (%.0f MB in %s, %.0f MB free on its disk): dropped the "
+                      "oldest %d results (%d segments) while ClickHouse is unreachable",
+                      total / 2**20, self.spool_dir, free / 2**20, dropped, files)
+        return dropped
+
     def reclaim_orphans(self) -> None:
         """Seal the open segments of killed processes and give back what they were sending."""
+        for path in self.spool_dir.glob("*.dropping"):  # a drop cut short by a kill
+            path.unlink(missing_ok=True)
         for path in list(self.spool_dir.glob("*.open")) + list(self.spool_dir.glob("*.sending")):
             pid = int(path.name.rsplit(".", 2)[-2])
             if _alive(pid):
