@@ -1,7 +1,8 @@
 """Crash-loop backoff of the supervisor, with a real engine and real signals: a worker that keeps
-dying right after it is forked (an OOM-kill loop, simulated with SIGKILL) is restarted after
-0.5, 1, 2, 4 ... s; one that lived 5 s or more is replaced at once and its slot starts counting
-again from zero. The supervisor stays up through it all and still exits 0 on SIGTERM."""
+dying right after it is forked (an OOM-kill loop, simulated with SIGKILL) is restarted at once
+after its first quick death, then after 1, 2, 4, 8 ... s (0.5 * 2 ** (failures - 1), at most 30 s);
+one that lived 5 s or more is replaced at once and its slot starts counting again from zero.
+The supervisor stays up through it all and still exits 0 on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ CRASH_LOOPING = re.compile(r"worker 0 is crash-looping: next start in ([\d.]+) s
 
 
 def backoff(failures: int) -> float:
-    """The documented schedule: no wait for the first quick death, then 0.5 s doubling to 30 s."""
+    """supervisor.py's schedule: no wait after the first quick death, then 1, 2, 4 ... s, at most 30."""
     return min(0.5 * 2 ** (failures - 1), 30.0) if failures > 1 else 0.0
 
 
@@ -82,7 +83,7 @@ async def test_crash_loop_backs_off_and_resets(engine):
         await asyncio.sleep(max(0.0, born + QUICK_S + 0.5 - time.monotonic()))
 
         # 3. Its death is not quick: replaced at once, and the count starts again from zero
-        #    (first quick death: at once; second: 0.5 s).
+        #    (first quick death: at once; second: 1 s).
         reset_gaps = []
         for _ in range(3):
             workers.kill(pid)
@@ -108,16 +109,17 @@ async def test_crash_loop_backs_off_and_resets(engine):
         delay = backoff(failures)
         assert delay <= gap <= delay + LOOP_TICK_S + SLACK_S, (failures, loop_gaps)
     assert loop_gaps[0] < LOOP_TICK_S  # the first quick death is not delayed
-    assert loop_gaps[0] < loop_gaps[1] < loop_gaps[3] < loop_gaps[4]
-    assert loop_gaps[-2] > loop_gaps[0] + 1.5  # 2 s of backoff against none
+    assert all(a < b for a, b in zip(loop_gaps, loop_gaps[1:])), loop_gaps  # each wait is longer
+    assert loop_gaps[-2] > loop_gaps[0] + 3.5  # 4 s of backoff against none
 
     # After a worker lived past the quick-death window, the next kill is answered at once
-    # (without the reset it would be 8 s), and the backoff restarts from its beginning.
+    # (without the reset it would be 16 s), and the backoff restarts from its beginning.
     assert reset_gaps[0] < LOOP_TICK_S and reset_gaps[1] < LOOP_TICK_S, reset_gaps
     assert backoff(2) <= reset_gaps[2] <= backoff(2) + LOOP_TICK_S + SLACK_S, reset_gaps
 
     # The log tells the same story: every kill seen as a death, the backoffs announced.
     for pid in killed:
         assert f"worker 0 (pid {pid}) died (signal 9); replacing it" in out, pid
-    assert [float(d) for d in CRASH_LOOPING.findall(out)] == [0.5, 1.0, 2.0, 4.0, 0.5], out[-3000:]
+    announced = [float(d) for d in CRASH_LOOPING.findall(out)]
+    assert announced == [backoff(f) for f in (2, 3, 4, 5, 2)] == [1.0, 2.0, 4.0, 8.0, 1.0], out[-3000:]
     assert "supervisor stopped" in out
