@@ -14,6 +14,7 @@ import orjson
 from engine.errors import InvalidMonitor, ServiceUnavailable
 from engine.queue import Queue, connect
 from engine.scheduler import spec_from_row
+from engine.stats import merged_percentile
 from engine.settings import Settings, redact_url
 
 MONITOR_FIELDS = ("name", "type", "url", "host", "port", "interval_seconds", "timeout_ms", "enabled",
@@ -249,7 +250,7 @@ SINKS = ("clickhouse", "postgres", "dragonfly")
 def _host() -> dict:
     return {"workers": 0, "checks_per_s": 0.0, "checks_1m": 0, "in_flight": 0,
             "lateness_p50_ms": 0.0, "lateness_p99_ms": 0.0, "sinks": {},
-            "buffered_results": 0, "buffered_statuses": 0}
+            "buffered_results": 0, "buffered_statuses": 0, "_digests": [], "_worst": [0.0, 0.0]}
 
 
 def _add_worker(h: dict, w: dict, now: float) -> None:
@@ -259,9 +260,15 @@ def _add_worker(h: dict, w: dict, now: float) -> None:
     h["checks_per_s"] += w.get("checks_1m", 0) / window
     h["checks_1m"] += w.get("checks_1m", 0)
     h["in_flight"] += w.get("in_flight", 0)
-    # Workers publish percentiles, not samples: report the worst worker's (an upper bound).
-    h["lateness_p50_ms"] = max(h["lateness_p50_ms"], w.get("lateness_p50_ms", 0.0))
-    h["lateness_p99_ms"] = max(h["lateness_p99_ms"], w.get("lateness_p99_ms", 0.0))
+    # Each worker publishes its last minute's lateness as a digest: merged, weighted by checks.
+    # A worker without one (an older version) counts with its own percentiles, the worst kept.
+    if w.get("lateness_digest"):
+        h["_digests"].append((w["lateness_digest"], w.get("checks_1m", 0)))
+    else:
+        h["_worst"][0] = max(h["_worst"][0], w.get("lateness_p50_ms", 0.0))
+        h["_worst"][1] = max(h["_worst"][1], w.get("lateness_p99_ms", 0.0))
+    h["lateness_p50_ms"] = max(h["_worst"][0], merged_percentile(h["_digests"], 0.5))
+    h["lateness_p99_ms"] = max(h["_worst"][1], merged_percentile(h["_digests"], 0.99))
     for sink, healthy in w.get("sinks", {}).items():
         h["sinks"][sink] = h["sinks"].get(sink, True) and bool(healthy)
     buffered = w.get("buffered", {})
@@ -270,6 +277,7 @@ def _add_worker(h: dict, w: dict, now: float) -> None:
 
 
 def _rounded(h: dict) -> dict:
+    h = {k: v for k, v in h.items() if not k.startswith("_")}
     return {**h, "checks_per_s": round(h["checks_per_s"], 1),
             "lateness_p50_ms": round(h["lateness_p50_ms"], 1), "lateness_p99_ms": round(h["lateness_p99_ms"], 1)}
 

@@ -28,10 +28,41 @@ class Rolling:
             self.buckets.popleft()
         return sum(c for _, c in self.buckets)
 
+    def _ordered(self) -> list[float]:
+        horizon = time.monotonic() - self.window_s
+        return sorted(ms for t, ms in self.lateness if t >= horizon)
+
     def percentile(self, q: float) -> float:
         """Lateness percentile over the last `window_s` (of at most `samples` recent checks)."""
-        horizon = time.monotonic() - self.window_s
-        ordered = sorted(ms for t, ms in self.lateness if t >= horizon)
-        if not ordered:
-            return 0.0
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return at_quantile(self._ordered(), q)
+
+    def digest(self, points: int = 200) -> list[float]:
+        """The window's lateness as `points` evenly spaced quantiles (rounded to 0.1 ms): what a
+        worker publishes so `status` can merge workers into one distribution (weighted by each
+        worker's checks) instead of taking the worst worker's percentile."""
+        ordered = self._ordered()
+        if len(ordered) <= points:
+            return [round(v, 1) for v in ordered]
+        n = len(ordered)
+        return [round(ordered[min(n - 1, int((i + 0.5) * n / points))], 1) for i in range(points)]
+
+
+def at_quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def merged_percentile(digests: list[tuple[list[float], float]], q: float) -> float:
+    """Percentile q of several digests, each (points, checks it stands for)."""
+    weighted = sorted((v, checks / len(points)) for points, checks in digests if points and checks > 0
+                      for v in points)
+    total = sum(w for _, w in weighted)
+    if not total:
+        return 0.0
+    target, acc = q * total, 0.0
+    for value, w in weighted:
+        acc += w
+        if acc > target:
+            return value
+    return weighted[-1][0]

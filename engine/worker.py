@@ -256,6 +256,7 @@ class Worker:
                         "in_flight": len(self.inflight),
                         "lateness_p50_ms": round(self.rolling.percentile(0.5), 1),
                         "lateness_p99_ms": round(self.rolling.percentile(0.99), 1),
+                        "lateness_digest": self.rolling.digest(),
                         "sinks": {"clickhouse": self.results.healthy, "postgres": self.statuses.healthy,
                                   "dragonfly": self.finisher.healthy},
                         "buffered": {"results": self.results.pending(),
