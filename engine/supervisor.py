@@ -203,9 +203,11 @@ class Supervisor:
                     f"signal {-code}" if code < 0 else f"exit {code}")
         metrics.worker_restarted()
         self._release(pid)
+        # A death within 5 s of the start is quick: the first is replaced at once, the next after
+        # 1, 2, 4 ... s (at most 30 s); a worker that lived longer starts the count again.
         quick = time.monotonic() - slot.started < 5.0
         slot.failures = slot.failures + 1 if quick else 0
-        delay = min(0.5 * 2 ** (slot.failures - 1), 30.0) if slot.failures > 1 else 0.0
+        delay = min(2.0 ** (slot.failures - 2), 30.0) if slot.failures > 1 else 0.0
         slot.respawn_at = time.monotonic() + delay
         if delay:
             log.warning("worker %d is crash-looping: next start in %.1f s", slot.index, delay)

@@ -1,6 +1,6 @@
 """Crash-loop backoff of the supervisor, with a real engine and real signals: a worker that keeps
 dying right after it is forked (an OOM-kill loop, simulated with SIGKILL) is restarted at once
-after its first quick death, then after 1, 2, 4, 8 ... s (0.5 * 2 ** (failures - 1), at most 30 s);
+after its first quick death, then after 1, 2, 4, 8 ... s (at most 30 s);
 one that lived 5 s or more is replaced at once and its slot starts counting again from zero.
 The supervisor stays up through it all and still exits 0 on SIGTERM."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ CRASH_LOOPING = re.compile(r"worker 0 is crash-looping: next start in ([\d.]+) s
 
 def backoff(failures: int) -> float:
     """supervisor.py's schedule: no wait after the first quick death, then 1, 2, 4 ... s, at most 30."""
-    return min(0.5 * 2 ** (failures - 1), 30.0) if failures > 1 else 0.0
+    return min(2.0 ** (failures - 2), 30.0) if failures > 1 else 0.0
 
 
 def children(pid: int) -> set[int]:
