@@ -28,8 +28,8 @@ log = logging.getLogger("engine.scheduler")
 COLUMNS = """id, type, url, host, port, interval_seconds, timeout_ms, enabled, retries, method,
     headers, body, expected_status, keyword, invert_keyword, follow_redirects, verify_tls,
     tcp_send, tcp_expect, updated_at"""
-OVERLAP = timedelta(seconds=10)
-SYNC_CHUNK = 10_000  # rows per full-sync chunk  # re-read recent changes: a slow transaction commits late
+OVERLAP = timedelta(seconds=10)  # re-read recent changes: a slow transaction commits late
+SYNC_CHUNK = 10_000  # rows per chunk when syncing (full or incremental): bounded memory
 
 
 def spec_from_row(row) -> MonitorSpec:
@@ -201,21 +201,36 @@ class Scheduler:
                  "in %.2f s", count, added, moved, removed, time.monotonic() - started)
 
     async def incremental_sync(self) -> None:
+        """Apply the rows changed since the last sync, streamed in chunks like the full sync (a
+        bulk UPDATE of a million monitors must not be fetched at once: +600 MB in one worker when
+        it was), renewing the lease between chunks; then drop deleted monitors."""
         conn = await self._conn()
         now = await conn.fetchval("SELECT clock_timestamp()")
-        rows = await conn.fetch(f"SELECT {COLUMNS} FROM monitors WHERE updated_at > $1",
-                                self.cursor - OVERLAP)
-        rows = [r for r in rows if self.applied.get(r["id"]) != r["updated_at"]]
         deleted = await conn.fetch("SELECT DISTINCT monitor_id FROM monitor_deletions "
                                    "WHERE deleted_at > $1", self.deletions_cursor - OVERLAP)
-        gone = {r["monitor_id"] for r in deleted} - {r["id"] for r in rows}
-        if rows:
-            specs, dropped = self._specs(rows)
-            added, moved = await self.queue.upsert(specs) if specs else (0, 0)
-            removed = await self.queue.remove(sorted(dropped)) if dropped else 0
-            self._log_scheduled(specs, added, moved, removed)
-            for r in rows:
-                self.applied[r["id"]] = r["updated_at"]
+        gone = {r["monitor_id"] for r in deleted}
+        shown: list[MonitorSpec] = []
+        added = moved = removed = count = 0
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.cursor(f"SELECT {COLUMNS} FROM monitors WHERE updated_at > $1",
+                                       self.cursor - OVERLAP)
+            while chunk := await cursor.fetch(SYNC_CHUNK):
+                rows = [r for r in chunk if self.applied.get(r["id"]) != r["updated_at"]]
+                if rows:
+                    gone.difference_update(r["id"] for r in rows)
+                    specs, dropped = self._specs(rows)
+                    a, m = await self.queue.upsert(specs) if specs else (0, 0)
+                    removed += await self.queue.remove(sorted(dropped)) if dropped else 0
+                    added, moved, count = added + a, moved + m, count + len(specs)
+                    if len(shown) <= self.s.log_each_limit:
+                        shown.extend(specs[: self.s.log_each_limit + 1 - len(shown)])
+                    for r in rows:
+                        self.applied[r["id"]] = r["updated_at"]
+                if len(chunk) == SYNC_CHUNK and not await self._hold_lock():
+                    log.warning("sync stopped: this process is no longer the scheduler")
+                    return
+        if count or removed:
+            self._log_scheduled(shown, added, moved, removed, total=count)
         if gone:
             n = await self.queue.remove(sorted(gone))
             if n:
@@ -241,12 +256,14 @@ class Scheduler:
                     log.error("skipping invalid monitor: %s", exc)
         return specs, dropped
 
-    def _log_scheduled(self, specs: list[MonitorSpec], added: int, moved: int, removed: int = 0) -> None:
-        if len(specs) <= self.s.log_each_limit:
+    def _log_scheduled(self, specs: list[MonitorSpec], added: int, moved: int, removed: int = 0,
+                       total: int | None = None) -> None:
+        total = len(specs) if total is None else total
+        if total <= self.s.log_each_limit:
             for spec in specs:
                 log.info("Scheduled monitor %d to run every %d seconds", spec.id, spec.interval_s)
         else:
-            log.info("Scheduled %d monitors (%d new, %d rescheduled)", len(specs), added, moved)
+            log.info("Scheduled %d monitors (%d new, %d rescheduled)", total, added, moved)
         if removed:
             log.info("Unscheduled %d disabled or invalid monitors", removed)
 
