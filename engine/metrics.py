@@ -115,6 +115,12 @@ def results_dropped(rows: int) -> None:
         _m.dropped.inc(rows)
 
 
+def results_rejected(rows: int) -> None:
+    """Results in a segment ClickHouse refused as malformed (set aside as `.rejected`)."""
+    if _m is not None:
+        _m.rejected.inc(rows)
+
+
 def worker_restarted() -> None:
     """The supervisor replaced a dead or silent worker."""
     if _m is not None:
@@ -198,6 +204,8 @@ class _Metrics:
                               "ClickHouse is unreachable (live workers)", multiprocess_mode="livesum")
         self.dropped = Counter("uptime_results_dropped_total", "Spooled results dropped to keep the "
                                "spool within sinks.spool_max_mb / spool_min_free_mb")
+        self.rejected = Counter("uptime_results_rejected_total", "Results in segments ClickHouse "
+                                "refused as malformed, set aside in the spool as *.rejected")
         self.restarts = Counter("uptime_worker_restarts_total", "Workers replaced after dying or "
                                 "going silent")
         # Labelled children made once: the hot path never calls .labels().

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import msgspec
+
 from engine.settings import ClickHouseSettings, SinkSettings
 from engine.sinks.clickhouse import ClickHouse, ResultRow, ResultsSink
 from tests.conftest import TEST_DB
@@ -76,5 +78,40 @@ async def test_no_limits_keep_everything(db, tmp_path):
             sink.add(row(batch, i))
         assert not await sink.flush()
     assert sink.pending() == 3 * ROWS and sink.enforce_limits() == 0
+    await sink.ch.close()
+    sink.close()
+
+
+def dead_pid() -> int:
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+async def test_damaged_segments_do_not_hold_back_the_rest(db, settings, tmp_path, caplog):
+    """A segment ClickHouse cannot parse is set aside whole (`.rejected`, one error line) and the
+    segments after it are sent; a killed worker's open segment loses only its partial last row."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    rows = [row(1, i) for i in range(5)]
+    for r in rows:  # as the sink writes them for ClickHouse 18.16 (DateTime: whole seconds)
+        r.ts, r.scheduled_at = int(r.ts), int(r.scheduled_at)
+    good = msgspec.json.Encoder().encode_lines(rows)
+    (spool / f"{time.time_ns()}-1-2.jsonl").write_bytes(b"garbage\nmore garbage\n")
+    (spool / f"t.{dead_pid()}.open").write_bytes(good + good[:40])  # died inside a write
+    sink = ResultsSink(ClickHouse(settings.clickhouse), SinkSettings(spool_dir=str(spool)), "t")
+    caplog.set_level(logging.ERROR, "engine.sinks.clickhouse")
+    await sink.start()  # reclaims the dead worker's open segment
+    for i in range(7):
+        sink.add(row(2, i))
+    assert await sink.flush() and sink.pending() == 0
+    got = await sink.ch.query(f"SELECT monitor_id, count() AS n FROM {TEST_DB}.check_results "
+                              f"WHERE probe = 'spool-test' GROUP BY monitor_id ORDER BY monitor_id")
+    assert [(g["monitor_id"], g["n"]) for g in got] == [(1, 5), (2, 7)]
+    (aside,) = spool.glob("*.rejected")
+    assert aside.read_bytes() == b"garbage\nmore garbage\n"
+    (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "as malformed" in line and "Code: 27" in line and "\n" not in line
     await sink.ch.close()
     sink.close()

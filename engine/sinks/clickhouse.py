@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +25,19 @@ log = logging.getLogger("engine.sinks.clickhouse")
 
 class ClickHouseError(Exception):
     """ClickHouse answered with an error (bad query, bad data): one line, never the password."""
+
+    @property
+    def code(self) -> int:
+        m = re.search(r"Code: (\d+)", str(self))
+        return int(m.group(1)) if m else 0
+
+
+# Error codes that mean "this data cannot be parsed or stored as sent" (a damaged segment), as
+# opposed to a missing table, bad credentials or an overloaded server, which a retry can outlive:
+# CANNOT_PARSE_TEXT, _QUOTED_STRING, _INPUT_ASSERTION_FAILED, ATTEMPT_TO_READ_AFTER_EOF,
+# CANNOT_READ_ALL_DATA, CANNOT_PARSE_DATE, _DATETIME, TYPE_MISMATCH, ARGUMENT_OUT_OF_BOUND,
+# CANNOT_CONVERT_TYPE, CANNOT_PARSE_NUMBER, INCORRECT_DATA.
+DATA_ERRORS = frozenset({6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117})
 
 
 class ClickHouse:
@@ -203,6 +217,17 @@ class ResultsSink:
             body = claimed.read_bytes()
             if body:
                 await self.ch.insert(self.table, body, self._insert_settings)
+        except ClickHouseError as exc:
+            if exc.code not in DATA_ERRORS:
+                os.rename(claimed, path)
+                raise
+            # A damaged segment must not hold back every result behind it: set it aside, whole.
+            aside = path.with_name(path.name + ".rejected")
+            os.rename(claimed, aside)
+            metrics.results_rejected(_rows_of(path))
+            log.error("ClickHouse rejected %s (%d results) as malformed, kept as %s: %s", path.name,
+                      _rows_of(path), aside.name, exc)
+            return
         except BaseException:
             os.rename(claimed, path)
             raise
@@ -261,7 +286,11 @@ class ResultsSink:
             if _alive(pid):
                 continue
             if path.suffix == ".open":
-                rows = path.read_bytes().count(b"\n")
+                data = path.read_bytes()
+                whole = data.rfind(b"\n") + 1
+                if whole < len(data):  # the process died inside a write: drop the partial row
+                    os.truncate(path, whole)
+                rows = data.count(b"\n")
                 os.replace(path, self.spool_dir / f"{time.time_ns()}-{pid}-{rows}.jsonl")
                 log.warning("recovered %d results a killed worker had not sent", rows)
             else:
