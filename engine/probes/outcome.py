@@ -67,8 +67,8 @@ current_timings: contextvars.ContextVar[Timings | None] = contextvars.ContextVar
 
 
 def short(text: str) -> str:
-    """One line, at most MAX_ERROR_CHARS characters."""
-    line = " ".join(str(text).split())
+    """One line, at most MAX_ERROR_CHARS characters, no NUL (PostgreSQL text refuses it)."""
+    line = " ".join(str(text).replace("\x00", "\\x00").split())
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
 
 

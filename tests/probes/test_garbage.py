@@ -87,3 +87,10 @@ async def test_checks_leave_no_cycles(prober, tls):
     finally:
         plain.close()
         secure.close()
+
+
+def test_error_text_is_one_line_without_nul():
+    """Error texts land in PostgreSQL text columns, which refuse NUL: a whole status batch would
+    fail with it."""
+    from engine.probes.outcome import short
+    assert short("bad\x00byte\r\n  next line\tend") == "bad\\x00byte next line end"
