@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine import logs, metrics
+from engine.sdnotify import Notifier
 from engine.settings import Settings
 
 log = logging.getLogger("engine.supervisor")
@@ -55,6 +56,8 @@ class Supervisor:
         self.tmpdir = tempfile.mkdtemp(prefix="uptime-engine-")
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
+        self.notify = Notifier()
+        self.announced = False      # READY=1 sent (every worker booted)
 
     # -- signals -----------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -75,6 +78,7 @@ class Supervisor:
             ready, _, _ = select.select([self.wake_r], [], [], 0.5)
             if ready:
                 os.read(self.wake_r, 4096)
+            self.notify.watchdog()
             while self.signals:
                 getattr(self, f"handle_{self.signals.pop(0)}")()
             self.reap()
@@ -85,8 +89,26 @@ class Supervisor:
                     self.kill_all(signal.SIGKILL)
                 continue
             self.keep_alive()
+            if not self.announced and all(self._booted(slot) for slot in self.slots):
+                self.announced = True
+                self.notify.ready(self._status())
         log.info("supervisor stopped")
+        self.notify.close()
         return self.exit_code
+
+    def _status(self) -> str:
+        return f"{len(self.slots)} workers checking (probe {self.settings.probe_id})"
+
+    @staticmethod
+    def _booted(slot: Slot) -> bool:
+        """The worker's heartbeat file says it started (a boot failure writes its reason there)."""
+        if not slot.pid:
+            return False
+        try:
+            with open(slot.heartbeat, "rb") as f:
+                return f.read(5) == b"ready"
+        except FileNotFoundError:
+            return False
 
     def handle_term(self) -> None:
         if self.stopping:
@@ -96,6 +118,7 @@ class Supervisor:
         log.info("stopping: workers finish in-flight checks (grace %.1f s) and flush",
                  self.settings.engine.grace_ms / 1000)
         self.stopping = True
+        self.notify.stopping()
         self.stop_deadline = time.monotonic() + self.settings.engine.grace_ms / 1000 + 15
         self.kill_all(signal.SIGTERM)
 
@@ -113,6 +136,7 @@ class Supervisor:
             log.error("reload failed, keeping the current settings: %s", exc)
             return
         log.info("reloading: replacing workers one by one")
+        self.notify.reloading()
         for slot in self.slots:
             old = slot.pid
             self.spawn(slot)
@@ -120,6 +144,8 @@ class Supervisor:
                 slot.retiring.add(old)
                 self._wait_ready(slot)
                 self._signal(old, signal.SIGTERM)
+            self.notify.watchdog()
+        self.notify.ready(self._status())
 
     def _wait_ready(self, slot: Slot, timeout: float = 15.0) -> None:
         """Wait until the new worker's heartbeat shows it booted, so checking never pauses."""
