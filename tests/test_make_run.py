@@ -132,6 +132,8 @@ def test_systemd_unit_and_sysctl_settings():
     assert int(svc["TimeoutStopSec"]) > 10 + 15
     assert int(svc["LimitNOFILE"]) >= 65536
     assert svc["ExecStart"].endswith("uptime-engine run") and svc["RestartPreventExitStatus"] == "2"
+    # The supervisor speaks sd_notify (tests/test_sdnotify.py); it pings at half the interval.
+    assert svc["Type"] == "notify" and svc["NotifyAccess"] == "main" and int(svc["WatchdogSec"]) >= 10
     sysctl = dict(line.split(" = ", 1) for line in (ROOT / "config/sysctl.d/60-uptime-engine.conf")
                   .read_text().splitlines() if line and not line.startswith("#"))
     assert sysctl["net.ipv4.tcp_tw_reuse"] == "1"
