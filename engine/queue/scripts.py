@@ -1,4 +1,5 @@
 """Loads the queue's Lua scripts (`lua/verbNoun-<numKeys>.lua`) and checks every call's key count.
+A line `--#include _lib` in a script is replaced by the body of `lua/_lib.lua` (shared code).
 
 Scripts run by EVALSHA in plain (non-transactional) pipelines; after a server restart wipes the
 script cache, `Scripts.ensure_loaded` loads them again.
@@ -25,6 +26,7 @@ local redis = setmetatable({call = function(cmd, key, ...)
 end}, {__index = redis})
 """
 _NAME = re.compile(r"^(?P<name>[a-z][A-Za-z]+)-(?P<keys>\d+)\.lua$")
+_INCLUDE = re.compile(r"^--#include (?P<lib>_[a-z]+)$", re.M)  # lua/_<lib>.lua: shared code
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def _load(path: Path, strict: bool = False) -> Script:
     m = _NAME.match(path.name)
     if not m:
         raise ValueError(f"lua script {path.name} is not named verbNoun-<numKeys>.lua")
-    source = path.read_text()
+    source = _INCLUDE.sub(lambda m: (LUA_DIR / f"{m['lib']}.lua").read_text().split("]]", 1)[1].strip(),
+                          path.read_text())
     header = source.split("]]", 1)[0]
     num_keys = int(m["keys"])
     for i in range(1, num_keys + 1):
@@ -60,7 +63,7 @@ def _load(path: Path, strict: bool = False) -> Script:
 
 class Scripts:
     def __init__(self, strict: bool = False) -> None:
-        self.all = {s.name: s for s in (_load(p, strict) for p in sorted(LUA_DIR.glob("*.lua")))}
+        self.all = {s.name: s for s in (_load(p, strict) for p in sorted(LUA_DIR.glob("[a-z]*.lua")))}
         self.claim = self.all["claimJobs"]
         self.finish = self.all["finishJobs"]
         self.recover = self.all["recoverJobs"]

@@ -15,18 +15,8 @@
   Output:
     { now_ms, next_due_ms | "-1", id, tick_ms, attempt, token, spec, id, ... }  (strings only)
 ]]
-local unpack = table.unpack or unpack  -- Lua 5.4 (Dragonfly) or 5.1 (Redis)
-local CHUNK = 1000                     -- arguments per command (unpack has a C stack limit)
+--#include _batch
 local function ms(x) return string.format('%.0f', x) end
-local function call_list(cmd, k, list)  -- cmd KEYS[k] list..., in chunks; replies concatenated
-  if #list <= CHUNK then return redis.call(cmd, KEYS[k], unpack(list)) end
-  local out = {}
-  for i = 1, #list, CHUNK do
-    local r = redis.call(cmd, KEYS[k], unpack(list, i, math.min(i + CHUNK - 1, #list)))
-    if type(r) == 'table' then for j = 1, #r do out[#out + 1] = r[j] end end
-  end
-  return out
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local snow = ms(now)
