@@ -61,6 +61,18 @@ def test_every_redis_call_uses_declared_keys():
             assert "redis.call(cmd, KEYS[k]" in body
 
 
+def test_divisions_stay_integers_on_lua_54():
+    """Dragonfly runs Lua 5.4, where `/` always makes a float and a float argument to redis.call
+    is sent as "2.0" (a rank or count command then fails); Redis' Lua 5.1 hides this. Every
+    division in a script is therefore inside math.floor(...), which gives an integer on 5.4."""
+    for path in LUA_DIR.glob("*.lua"):
+        body = path.read_text().split("]]", 1)[1]
+        for n, line in enumerate(body.splitlines(), 1):
+            code = line.split("--", 1)[0]
+            for m in re.finditer(r"(?<![/-])/(?!/)", code):
+                assert "math.floor(" in code[: m.start()], f"{path.name}: {line.strip()!r} divides outside math.floor"
+
+
 def test_loader_checks_key_count():
     scripts = Scripts()
     with pytest.raises(ValueError, match="takes 5 keys"):

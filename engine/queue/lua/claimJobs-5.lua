@@ -22,7 +22,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local snow = ms(now)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', snow, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local out = { snow, '-1' }
-local n = #due / 2
+local n = math.floor(#due / 2)  -- an integer on Lua 5.4 too (`/` makes floats there)
 if n > 0 then
   local ids = {}
   for i = 1, n do ids[i] = due[2 * i - 1] end
