@@ -14,12 +14,14 @@ class Rolling:
         self.total = 0
 
     def observe(self, lateness_ms: float) -> None:
-        now = int(time.monotonic())
-        if self.buckets and self.buckets[-1][0] == now:
+        """Per check (hot path): one clock read."""
+        t = time.monotonic()
+        second = int(t)
+        if self.buckets and self.buckets[-1][0] == second:
             self.buckets[-1][1] += 1
         else:
-            self.buckets.append([now, 1])
-        self.lateness.append((time.monotonic(), lateness_ms))
+            self.buckets.append([second, 1])
+        self.lateness.append((t, lateness_ms))
         self.total += 1
 
     def last_minute(self) -> int:
@@ -40,11 +42,21 @@ class Rolling:
         """The window's lateness as `points` evenly spaced quantiles (rounded to 0.1 ms): what a
         worker publishes so `status` can merge workers into one distribution (weighted by each
         worker's checks) instead of taking the worst worker's percentile."""
+        return _digest(self._ordered(), points)
+
+    def figures(self, points: int = 200) -> dict:
+        """p50, p99 and the digest of the window from one sort (the worker's report, each second)."""
         ordered = self._ordered()
-        if len(ordered) <= points:
-            return [round(v, 1) for v in ordered]
-        n = len(ordered)
-        return [round(ordered[min(n - 1, int((i + 0.5) * n / points))], 1) for i in range(points)]
+        return {"lateness_p50_ms": round(at_quantile(ordered, 0.5), 1),
+                "lateness_p99_ms": round(at_quantile(ordered, 0.99), 1),
+                "lateness_digest": _digest(ordered, points)}
+
+
+def _digest(ordered: list[float], points: int) -> list[float]:
+    n = len(ordered)
+    if n <= points:
+        return [round(v, 1) for v in ordered]
+    return [round(ordered[min(n - 1, int((i + 0.5) * n / points))], 1) for i in range(points)]
 
 
 def at_quantile(ordered: list[float], q: float) -> float:
