@@ -260,15 +260,14 @@ def _add_worker(h: dict, w: dict, now: float) -> None:
     h["checks_per_s"] += w.get("checks_1m", 0) / window
     h["checks_1m"] += w.get("checks_1m", 0)
     h["in_flight"] += w.get("in_flight", 0)
-    # Each worker publishes its last minute's lateness as a digest: merged, weighted by checks.
-    # A worker without one (an older version) counts with its own percentiles, the worst kept.
+    # Each worker publishes its last minute's lateness as a digest, merged in _rounded() weighted
+    # by checks. A worker without one (an older version) counts with its own percentiles, the
+    # worst kept.
     if w.get("lateness_digest"):
         h["_digests"].append((w["lateness_digest"], w.get("checks_1m", 0)))
     else:
         h["_worst"][0] = max(h["_worst"][0], w.get("lateness_p50_ms", 0.0))
         h["_worst"][1] = max(h["_worst"][1], w.get("lateness_p99_ms", 0.0))
-    h["lateness_p50_ms"] = max(h["_worst"][0], merged_percentile(h["_digests"], 0.5))
-    h["lateness_p99_ms"] = max(h["_worst"][1], merged_percentile(h["_digests"], 0.99))
     for sink, healthy in w.get("sinks", {}).items():
         h["sinks"][sink] = h["sinks"].get(sink, True) and bool(healthy)
     buffered = w.get("buffered", {})
@@ -277,9 +276,13 @@ def _add_worker(h: dict, w: dict, now: float) -> None:
 
 
 def _rounded(h: dict) -> dict:
-    h = {k: v for k, v in h.items() if not k.startswith("_")}
-    return {**h, "checks_per_s": round(h["checks_per_s"], 1),
-            "lateness_p50_ms": round(h["lateness_p50_ms"], 1), "lateness_p99_ms": round(h["lateness_p99_ms"], 1)}
+    """The figures of `_add_worker`'s sums, finished (lateness merged once) and rounded."""
+    worst, digests = h["_worst"], h["_digests"]
+    out = {k: v for k, v in h.items() if not k.startswith("_")}
+    out["checks_per_s"] = round(h["checks_per_s"], 1)
+    out["lateness_p50_ms"] = round(max(worst[0], merged_percentile(digests, 0.5)), 1)
+    out["lateness_p99_ms"] = round(max(worst[1], merged_percentile(digests, 0.99)), 1)
+    return out
 
 
 async def read_workers(queue: Queue) -> tuple[list[dict], int]:
@@ -299,14 +302,15 @@ async def read_workers(queue: Queue) -> tuple[list[dict], int]:
     return live, stale
 
 
-async def collect_status(queue: Queue) -> dict:
+async def collect_status(queue: Queue, heartbeats: tuple[list[dict], int] | None = None) -> dict:
     """Queue figures from the partitions, live figures from the workers' heartbeats (per probe
-    host and in total). Raises ServiceUnavailable if Dragonfly stops answering."""
+    host and in total; pass `read_workers()`'s answer if it was already read). Raises
+    ServiceUnavailable if Dragonfly stops answering."""
     from redis.exceptions import RedisError
 
     try:
         depth = await queue.depth()
-        workers, stale = await read_workers(queue)
+        workers, stale = heartbeats or await read_workers(queue)
         leader = await queue.redis.get(queue.keys.scheduler_lock)
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable(f"Dragonfly stopped answering: {exc}") from None

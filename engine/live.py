@@ -141,8 +141,9 @@ class View:
         self.note = ""
 
     async def sample(self, queue, pg) -> dict:
-        st = await admin.collect_status(queue)
-        workers, _ = await admin.read_workers(queue)
+        heartbeats = await admin.read_workers(queue)
+        st = await admin.collect_status(queue, heartbeats)
+        workers, _ = heartbeats
         now = time.monotonic()
         fresh = 0
         for w in workers:
@@ -158,7 +159,7 @@ class View:
                               "LEFT JOIN monitor_status s ON s.monitor_id = m.id WHERE m.enabled GROUP BY 1")
         self.counts = {r["status"]: r["n"] for r in rows}
         self._tail_log()
-        host = st["probes"].get(self.settings.probe_id) or admin._host()
+        host = st["probes"].get(self.settings.probe_id) or admin._rounded(admin._host())
         return {**host, "due_backlog": st["queue"]["due_backlog"]}
 
     def _tail_log(self) -> None:
