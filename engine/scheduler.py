@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -75,6 +76,17 @@ def spec_from_row(row) -> MonitorSpec:
         return MonitorSpec(**common, host=host, port=port, tcp_send=row["tcp_send"],
                            tcp_expect=row["tcp_expect"])
     raise InvalidMonitor(f"monitor {mid}: type must be 'http' or 'tcp', got {row['type']!r}")
+
+
+@dataclass
+class _Tally:
+    """What one sync applied: counts for its log lines, and the first specs (to log one by one
+    when the sync is small)."""
+    added: int = 0
+    moved: int = 0
+    removed: int = 0
+    count: int = 0
+    shown: list[MonitorSpec] = field(default_factory=list)
 
 
 class Scheduler:
@@ -170,35 +182,26 @@ class Scheduler:
         await conn.execute("DELETE FROM monitor_deletions WHERE deleted_at < now() - interval '1 day'")
         now = await conn.fetchval("SELECT clock_timestamp()")
         enabled: set[int] = set()
-        shown: list[MonitorSpec] = []
-        added = moved = removed = count = 0
+        tally = _Tally()
         self.applied = {}
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.cursor(f"SELECT {COLUMNS} FROM monitors")
             while rows := await cursor.fetch(SYNC_CHUNK):
-                specs, dropped = self._specs(rows)
-                a, m = await self.queue.upsert(specs)
-                removed += await self.queue.remove(sorted(dropped)) if dropped else 0
-                added, moved, count = added + a, moved + m, count + len(specs)
+                specs = await self._apply(rows, tally)
                 enabled.update(spec.id for spec in specs)
-                if len(shown) <= self.s.log_each_limit:
-                    shown.extend(specs[: self.s.log_each_limit + 1 - len(shown)])
                 self.applied.update((r["id"], r["updated_at"]) for r in rows if r["updated_at"] > now - OVERLAP)
-                if len(rows) == SYNC_CHUNK and not await self._hold_lock():
-                    log.warning("full sync stopped: this process is no longer the scheduler")
+                if not await self._still_leader(rows, "full sync"):
                     return
         for pk in self.keys.partitions:  # one partition at a time: bounded memory
             stale = await self.queue.partition_ids(pk) - enabled
-            removed += await self.queue.remove(sorted(stale)) if stale else 0
+            tally.removed += await self.queue.remove(sorted(stale)) if stale else 0
         await self.queue.redis.set(self.keys.epoch, str(int(time.time())))
         self.cursor = self.deletions_cursor = now
         self.last_full = time.monotonic()
-        if count <= self.s.log_each_limit:
-            self._log_scheduled(shown, added, moved)
-        else:
-            log.info("Scheduled %d monitors (%d new, %d rescheduled)", count, added, moved)
+        self._log_scheduled(tally)
         log.info("queue ready: full sync of %d enabled monitors (%d new, %d rescheduled, %d removed) "
-                 "in %.2f s", count, added, moved, removed, time.monotonic() - started)
+                 "in %.2f s", tally.count, tally.added, tally.moved, tally.removed,
+                 time.monotonic() - started)
 
     async def incremental_sync(self) -> None:
         """Apply the rows changed since the last sync, streamed in chunks like the full sync (a
@@ -209,8 +212,7 @@ class Scheduler:
         deleted = await conn.fetch("SELECT DISTINCT monitor_id FROM monitor_deletions "
                                    "WHERE deleted_at > $1", self.deletions_cursor - OVERLAP)
         gone = {r["monitor_id"] for r in deleted}
-        shown: list[MonitorSpec] = []
-        added = moved = removed = count = 0
+        tally = _Tally()
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.cursor(f"SELECT {COLUMNS} FROM monitors WHERE updated_at > $1",
                                        self.cursor - OVERLAP)
@@ -218,19 +220,13 @@ class Scheduler:
                 rows = [r for r in chunk if self.applied.get(r["id"]) != r["updated_at"]]
                 if rows:
                     gone.difference_update(r["id"] for r in rows)
-                    specs, dropped = self._specs(rows)
-                    a, m = await self.queue.upsert(specs) if specs else (0, 0)
-                    removed += await self.queue.remove(sorted(dropped)) if dropped else 0
-                    added, moved, count = added + a, moved + m, count + len(specs)
-                    if len(shown) <= self.s.log_each_limit:
-                        shown.extend(specs[: self.s.log_each_limit + 1 - len(shown)])
+                    await self._apply(rows, tally)
                     for r in rows:
                         self.applied[r["id"]] = r["updated_at"]
-                if len(chunk) == SYNC_CHUNK and not await self._hold_lock():
-                    log.warning("sync stopped: this process is no longer the scheduler")
+                if not await self._still_leader(chunk, "sync"):
                     return
-        if count or removed:
-            self._log_scheduled(shown, added, moved, removed, total=count)
+        if tally.count or tally.removed:
+            self._log_scheduled(tally, unscheduled=True)
         if gone:
             n = await self.queue.remove(sorted(gone))
             if n:
@@ -256,16 +252,31 @@ class Scheduler:
                     log.error("skipping invalid monitor: %s", exc)
         return specs, dropped
 
-    def _log_scheduled(self, specs: list[MonitorSpec], added: int, moved: int, removed: int = 0,
-                       total: int | None = None) -> None:
-        total = len(specs) if total is None else total
-        if total <= self.s.log_each_limit:
-            for spec in specs:
+    async def _apply(self, rows, tally: _Tally) -> list[MonitorSpec]:
+        """Upsert a chunk's valid enabled rows, remove its disabled or invalid ones; count them."""
+        specs, dropped = self._specs(rows)
+        added, moved = await self.queue.upsert(specs) if specs else (0, 0)
+        tally.removed += await self.queue.remove(sorted(dropped)) if dropped else 0
+        tally.added, tally.moved, tally.count = tally.added + added, tally.moved + moved, tally.count + len(specs)
+        if len(tally.shown) <= self.s.log_each_limit:
+            tally.shown.extend(specs[: self.s.log_each_limit + 1 - len(tally.shown)])
+        return specs
+
+    async def _still_leader(self, chunk, what: str) -> bool:
+        """Between full chunks, renew the lease (a long sync outlives one); False if it was lost."""
+        if len(chunk) == SYNC_CHUNK and not await self._hold_lock():
+            log.warning("%s stopped: this process is no longer the scheduler", what)
+            return False
+        return True
+
+    def _log_scheduled(self, tally: _Tally, unscheduled: bool = False) -> None:
+        if tally.count <= self.s.log_each_limit:
+            for spec in tally.shown:
                 log.info("Scheduled monitor %d to run every %d seconds", spec.id, spec.interval_s)
         else:
-            log.info("Scheduled %d monitors (%d new, %d rescheduled)", total, added, moved)
-        if removed:
-            log.info("Unscheduled %d disabled or invalid monitors", removed)
+            log.info("Scheduled %d monitors (%d new, %d rescheduled)", tally.count, tally.added, tally.moved)
+        if unscheduled and tally.removed:
+            log.info("Unscheduled %d disabled or invalid monitors", tally.removed)
 
     async def close(self) -> None:
         if self._pg is not None:
