@@ -222,11 +222,11 @@ class ResultsSink:
                 os.rename(claimed, path)
                 raise
             # A damaged segment must not hold back every result behind it: set it aside, whole.
-            aside = path.with_name(path.name + ".rejected")
+            aside, rows = path.with_name(path.name + ".rejected"), _rows_of(path)
             os.rename(claimed, aside)
-            metrics.results_rejected(_rows_of(path))
+            metrics.results_rejected(rows)
             log.error("ClickHouse rejected %s (%d results) as malformed, kept as %s: %s", path.name,
-                      _rows_of(path), aside.name, exc)
+                      rows, aside.name, exc)
             return
         except BaseException:
             os.rename(claimed, path)
