@@ -21,6 +21,19 @@ async def add(conn, **row) -> int:
     return mid
 
 
+async def run_for(engine, runner, seconds: float):
+    """Start the engine, let it check for `seconds` after its first sync, stop it (exit 0) and
+    the target."""
+    proc = engine(**FAST)
+    try:
+        await proc.wait_for_log("queue ready")
+        await asyncio.sleep(seconds)
+    finally:
+        assert await proc.stop() == 0
+        await runner.cleanup()
+    return proc
+
+
 async def statuses(conn) -> dict[int, dict]:
     return {r["monitor_id"]: dict(r) for r in await conn.fetch("SELECT * FROM monitor_status")}
 
@@ -41,13 +54,7 @@ async def test_verdicts_statuses_and_rows(db, engine, ch):
         "dns": await add(db, url="http://nonexistent.invalid/", interval_seconds=2, retries=1, timeout_ms=2000),
         "disabled": await add(db, url=f"{base}/ok", interval_seconds=1, enabled=False),
     }
-    proc = engine(**FAST)
-    try:
-        await proc.wait_for_log("queue ready")
-        await asyncio.sleep(6)
-    finally:
-        assert await proc.stop() == 0
-        await runner.cleanup()
+    proc = await run_for(engine, runner, 6)
     st = await statuses(db)
     expect = {"ok": "up", "503": "down", "slow": "down", "kw_yes": "up", "kw_no": "down",
               "redirects": "up", "tcp_open": "up", "tcp_closed": "down", "dns": "down",
@@ -148,13 +155,7 @@ async def test_malformed_rows_are_reported_once_and_lose_nothing(db, engine, ch)
         "headers": """INSERT INTO monitors (type, url, headers, interval_seconds) VALUES ('http', 'http://127.0.0.1/', '{"a": 1}', 1)""",
     }.items():
         bad[name] = await db.fetchval(sql + " RETURNING id")
-    proc = engine(**FAST)
-    try:
-        await proc.wait_for_log("queue ready")
-        await asyncio.sleep(3)
-    finally:
-        assert await proc.stop() == 0
-        await runner.cleanup()
+    proc = await run_for(engine, runner, 3)
     out = proc.output()
     for name, mid in bad.items():
         lines = [l for l in out.splitlines() if f"skipping invalid monitor: monitor {mid}:" in l]
